@@ -1,0 +1,173 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tf_fusionnet import FusionNet, MSDNet, build_model, exit_macs, preset_names, trainable_params
+from tf_fusionnet.macs import ancestor_nodes
+from tf_fusionnet.models.blocks import block_steps, scale_schedule
+
+# Measured with the official MSDNet-PyTorch op_counter, batch 1, 32x32.
+OFFICIAL = {
+    ("msdnet-cifar-anytime", 10): (
+        [15.129, 25.483, 37.061, 46.285, 57.277, 66.891, 75.856], 2_986_690),
+    ("msdnet-cifar-anytime", 100): (
+        [15.140, 25.506, 37.096, 46.331, 57.336, 66.961, 75.938], 3_067_960),
+    ("msdnet-cifar-budgeted", 10): ([6.848, 14.327, 27.502, 41.668, 58.423], 2_020_874),
+    ("msdnet-cifar-budgeted", 100): ([6.860, 14.350, 27.537, 41.715, 58.481], 2_078_924),
+}
+
+
+@pytest.mark.parametrize("preset,num_classes", sorted(OFFICIAL))
+def test_msdnet_matches_official_counts(preset, num_classes):
+    expected_macs, expected_params = OFFICIAL[(preset, num_classes)]
+    model = build_model(preset, num_classes=num_classes)
+    macs = exit_macs(model)
+    assert len(macs) == len(expected_macs)
+    for ours, theirs in zip(macs, expected_macs):
+        assert abs(ours / 1e6 - theirs) / theirs < 0.01
+    assert trainable_params(model) == expected_params
+
+
+def test_fusionnet_cifar_budget():
+    model = build_model("fusionnet-cifar")
+    macs = exit_macs(model)
+    assert len(model.outputs) == 7
+    assert abs(macs[-1] - 64.5e6) / 64.5e6 < 0.05
+    assert macs[0] <= 20e6
+    assert all(a < b for a, b in zip(macs, macs[1:]))
+
+
+def test_fusionnet_with_every_switch_off_is_msdnet():
+    msdnet = build_model("msdnet-cifar-anytime")
+    plain = FusionNet(
+        n_channels=16, growth_rate=6, fusion=False, efficient_stem=False, head_type="msdnet"
+    )
+    assert exit_macs(plain) == exit_macs(msdnet)
+    assert trainable_params(plain) == trainable_params(msdnet)
+
+
+def _layer_ancestor_names(model, layer_name):
+    nodes = ancestor_nodes([model.get_layer(layer_name).output])
+    return {node.operation.name for node in nodes.values()}
+
+
+def test_fusion_reads_current_layer_of_finer_scale():
+    # Layer 2 of block 1: the strided path into scale 2 reads scale 1 after layer 2
+    # with fusion, after layer 1 without.
+    fused = build_model("fusionnet-tiny", base=2)
+    plain = build_model("fusionnet-tiny", base=2, fusion=False)
+    down = "b1_l2_s2_down_3x3_conv"
+    assert "b1_l2_s1_normal_3x3_conv" in _layer_ancestor_names(fused, down)
+    assert "b1_l2_s1_normal_3x3_conv" not in _layer_ancestor_names(plain, down)
+    # The regular path reads only its own scale up to the previous layer.
+    assert "b1_l2_s1_normal_3x3_conv" not in _layer_ancestor_names(fused, "b1_l2_s2_normal_3x3_conv")
+    assert exit_macs(fused)[-1] > exit_macs(plain)[-1]
+
+
+def test_efficient_stem_structure():
+    model = build_model("fusionnet-tiny")
+    residual = model.get_layer("stem_residual")
+    assert [t.shape[1:] for t in residual.input] == [(32, 32, 8), (32, 32, 8)]
+    assert model.get_layer("stem_dwsep4_dw").strides == (2, 2)
+    # stem_stride=2 halves the finest scale: 16/8/4 on 32x32 inputs.
+    assert [t.shape[1] for t in model.block_state_tensors(0)] == [16, 8, 4]
+    full = build_model("fusionnet-tiny", stem_stride=1)
+    assert [t.shape[1] for t in full.block_state_tensors(0)] == [32, 16, 8]
+    msd_stem = build_model("fusionnet-tiny", efficient_stem=False)
+    with pytest.raises(ValueError):
+        msd_stem.get_layer("stem_residual")
+
+
+def test_fusion_head_structure():
+    model = build_model("fusionnet-tiny")
+    assert model.get_layer("exit_1_conv1_conv").strides == (2, 2)
+    assert model.get_layer("exit_1_conv2_conv").kernel_size == (1, 1)
+    msd = build_model("msdnet-tiny")
+    assert msd.get_layer("exit_1_conv2_conv").kernel_size == (3, 3)
+
+
+def test_block_layout_and_scale_schedule():
+    assert block_steps(7, "even", 2, 4) == [4, 2, 2, 2, 2, 2, 2]
+    assert block_steps(5, "lin_grow", 1, 1) == [1, 2, 3, 4, 5]
+    # 16 layers, interval 6: scale 1 dropped at layer 7, scale 2 at layer 13.
+    schedule = scale_schedule(16, 3)
+    assert schedule[0] == (3, 3) and schedule[5] == (3, 3)
+    assert schedule[6] == (3, 2) and schedule[7] == (2, 2)
+    assert schedule[12] == (2, 1) and schedule[15] == (1, 1)
+
+
+@pytest.mark.parametrize("preset", ["fusionnet-tiny", "msdnet-tiny"])
+@pytest.mark.parametrize("shape,classes", [((16, 16, 3), 10), ((28, 28, 1), 7), ((64, 64, 3), 100), ((33, 45, 2), 3)])
+def test_any_input_shape_and_classes(preset, shape, classes):
+    model = build_model(preset, num_classes=classes, image_shape=shape)
+    outputs = model(np.random.rand(2, *shape).astype("float32"), training=False)
+    assert len(outputs) == 3
+    for logits in outputs:
+        assert logits.shape == (2, classes)
+        assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_too_small_input_is_refused():
+    with pytest.raises(ValueError, match="at least 16x16"):
+        build_model("fusionnet-tiny", image_shape=(8, 8, 3))
+
+
+@pytest.mark.parametrize("preset", ["fusionnet-tiny", "msdnet-tiny"])
+def test_keras_round_trip_safe_mode(preset, tmp_path):
+    model = build_model(preset, num_classes=5, image_shape=(20, 24, 3))
+    x = np.random.RandomState(0).rand(3, 20, 24, 3).astype("float32")
+    # One training step so BatchNorm statistics and weights are not at init.
+    model.compile(optimizer="sgd", loss=["sparse_categorical_crossentropy"] * 3)
+    model.fit(x, [np.array([0, 1, 2])] * 3, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config()
+    for a, b in zip(model(x, training=False), loaded(x, training=False)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_get_config_is_complete():
+    model = FusionNet(num_classes=4, num_blocks=2, base=1, step=1, n_channels=8, growth_rate=4,
+                      stem_channels=8, head_channels=16, fusion=False, stem_stride=1)
+    config = model.get_config()
+    clone = FusionNet.from_config(json.loads(json.dumps(config)))
+    assert clone.get_config() == config
+    assert exit_macs(clone) == exit_macs(model)
+    msd = MSDNet(num_classes=3, num_blocks=2, base=1, step=1, n_channels=8, growth_rate=4, head_channels=16)
+    assert "fusion" not in msd.get_config()
+    assert MSDNet.from_config(msd.get_config()).get_config() == msd.get_config()
+
+
+def test_every_preset_is_listed_and_builds():
+    names = preset_names()
+    for required in ["msdnet-cifar-anytime", "msdnet-cifar-budgeted", "fusionnet-cifar",
+                     "fusionnet-tiny", "msdnet-tiny"]:
+        assert required in names
+    with pytest.raises(ValueError, match="Unknown preset"):
+        build_model("resnet-9000")
+
+
+def _run_summary(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "tf_fusionnet.summary", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_summary_cli_json_and_errors():
+    result = _run_summary("msdnet-cifar-budgeted", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["preset"] == "msdnet-cifar-budgeted"
+    assert summary["trainable_params"] == 2_020_874
+    assert [round(m / 1e6, 3) for m in summary["exit_macs"]] == [6.848, 14.327, 27.502, 41.668, 58.423]
+    listing = _run_summary("--list")
+    assert listing.returncode == 0 and "fusionnet-tiny" in listing.stdout
+    bad = _run_summary("no-such-preset")
+    assert bad.returncode != 0 and "Unknown preset" in bad.stderr

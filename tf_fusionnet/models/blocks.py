@@ -1,0 +1,344 @@
+"""Building blocks shared by MSDNet and FusionNet.
+
+Every block is a small ``apply_*`` function on Keras tensors. Layer names are
+structured (``b{block}_l{layer}_s{scale}_...``) so that the per-exit cost
+counter and the stage exporter can tell which part of the network a layer
+belongs to.
+
+All convolutions are conv -> BatchNorm -> ReLU, without bias, as in the
+official MSDNet-PyTorch code (``ConvBasic`` and ``ConvBN``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from keras import layers
+
+BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1 expressed the Keras way.
+BN_EPSILON = 1e-5  # PyTorch's BatchNorm default.
+
+
+def apply_conv_bn_relu(
+    x,
+    filters: int,
+    kernel_size: int,
+    strides: int = 1,
+    name: str = "conv",
+):
+    """Conv (no bias) -> BN -> ReLU; MSDNet's ``ConvBasic``."""
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
+    )(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def apply_depthwise_separable(x, filters: int, strides: int = 1, name: str = "dwsep"):
+    """3x3 depthwise conv -> BN -> ReLU -> 1x1 pointwise conv -> BN -> ReLU."""
+    x = layers.DepthwiseConv2D(
+        3,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer="he_normal",
+        name=f"{name}_dw",
+    )(x)
+    x = layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_dw_bn"
+    )(x)
+    x = layers.ReLU(name=f"{name}_dw_relu")(x)
+    return apply_conv_bn_relu(x, filters, 1, name=f"{name}_pw")
+
+
+def apply_bottleneck_conv(
+    x,
+    filters: int,
+    bottleneck_factor: int,
+    strides: int,
+    bottleneck: bool = True,
+    name: str = "convbn",
+):
+    """MSDNet's ``ConvBN``: optional 1x1 bottleneck, then a 3x3 conv.
+
+    The bottleneck width is ``min(C_in, bottleneck_factor * filters)``.
+    """
+    if bottleneck:
+        in_channels = x.shape[-1]
+        inner = min(in_channels, bottleneck_factor * filters)
+        x = apply_conv_bn_relu(x, inner, 1, name=f"{name}_1x1")
+    return apply_conv_bn_relu(x, filters, 3, strides=strides, name=f"{name}_3x3")
+
+
+def apply_msdnet_stem(x, scale_channels: Sequence[int], name: str = "stem"):
+    """MSDNet's CIFAR first layer: one 3x3 conv per scale, each from the previous.
+
+    Scale 1 keeps the input resolution; each further scale halves it.
+    """
+    features = []
+    for s, channels in enumerate(scale_channels):
+        x = apply_conv_bn_relu(
+            x, channels, 3, strides=1 if s == 0 else 2, name=f"{name}_s{s + 1}"
+        )
+        features.append(x)
+    return features
+
+
+def apply_efficient_stem(
+    x,
+    scale_channels: Sequence[int],
+    stem_channels: int,
+    stem_stride: int = 2,
+    name: str = "stem",
+):
+    """FusionNet's efficient stem, then one strided 3x3 conv per coarser scale.
+
+    3x3 conv -> 3x3 depthwise-separable conv -> 1x1 conv (+ residual from the
+    first conv) -> 3x3 depthwise-separable conv with stride ``stem_stride``,
+    which gives scale 1. Scales 2.. come from strided 3x3 convs as in MSDNet
+    (the paper's h~_1^2 and h~_1^3).
+    """
+    first = apply_conv_bn_relu(x, stem_channels, 3, name=f"{name}_conv1")
+    y = apply_depthwise_separable(first, stem_channels, name=f"{name}_dwsep2")
+    y = apply_conv_bn_relu(y, stem_channels, 1, name=f"{name}_conv3")
+    y = layers.Add(name=f"{name}_residual")([first, y])
+    y = apply_depthwise_separable(
+        y, scale_channels[0], strides=stem_stride, name=f"{name}_dwsep4"
+    )
+    features = [y]
+    for s in range(1, len(scale_channels)):
+        y = apply_conv_bn_relu(y, scale_channels[s], 3, strides=2, name=f"{name}_s{s + 1}")
+        features.append(y)
+    return features
+
+
+def apply_msd_layer(
+    features: list,
+    *,
+    first_scale: int,
+    discard: int,
+    growth_rate: int,
+    gr_factor: Sequence[int],
+    bn_factor: Sequence[int],
+    bottleneck: bool,
+    fusion: bool,
+    name: str,
+):
+    """One multi-scale dense layer.
+
+    Args:
+        features: the live scale states after the previous layer, finest first.
+            ``features[i]`` is absolute scale ``first_scale - discard + i``.
+        first_scale: absolute (0-based) index of the finest scale this layer
+            writes.
+        discard: how many of the finest input scales this layer drops (0 or 1).
+        fusion: FusionNet's fusion layer. The strided path into scale s reads
+            the state of scale s-1 *after* this layer (it includes x_l^{s-1}),
+            so scales are computed fine to coarse. MSDNet reads the state after
+            the previous layer.
+
+    Returns:
+        The new states of the written scales, finest first.
+    """
+    outputs = []
+    num_out = len(features) - discard
+    for i in range(num_out):
+        s = first_scale + i
+        current = features[i + discard]
+        new_channels = growth_rate * gr_factor[s]
+        if i == 0 and discard == 0:
+            normal = apply_bottleneck_conv(
+                current, new_channels, bn_factor[s], 1, bottleneck, name=f"{name}_s{s + 1}_normal"
+            )
+            outputs.append(layers.Concatenate(name=f"{name}_s{s + 1}_cat")([current, normal]))
+            continue
+        if fusion and i > 0:
+            previous = outputs[i - 1]
+        else:
+            previous = features[i + discard - 1]
+        down = apply_bottleneck_conv(
+            previous, new_channels // 2, bn_factor[s - 1], 2, bottleneck, name=f"{name}_s{s + 1}_down"
+        )
+        normal = apply_bottleneck_conv(
+            current, new_channels // 2, bn_factor[s], 1, bottleneck, name=f"{name}_s{s + 1}_normal"
+        )
+        outputs.append(
+            layers.Concatenate(name=f"{name}_s{s + 1}_cat")([current, down, normal])
+        )
+    return outputs
+
+
+def apply_transition(features: list, *, first_scale: int, out_base: int, gr_factor, name: str):
+    """Per-scale 1x1 conv-BN-ReLU to ``out_base * gr_factor[s]`` channels.
+
+    Each scale is reduced on its own: no input from any other scale.
+    """
+    return [
+        apply_conv_bn_relu(
+            x, out_base * gr_factor[first_scale + i], 1, name=f"{name}_s{first_scale + i + 1}"
+        )
+        for i, x in enumerate(features)
+    ]
+
+
+def apply_classifier_head(
+    x, num_classes: int, head_type: str, head_channels: int = 128, name: str = "exit"
+):
+    """Exit classifier on the coarsest scale.
+
+    ``"msdnet"``: 3x3/s2 conv, 3x3/s2 conv, average pooling, Dense.
+    ``"fusion"``: 3x3/s2 conv, 1x1 conv, global average pooling, Dense.
+
+    Global average pooling stands in for MSDNet's ``AvgPool2d(2)``: on 32x32
+    inputs the map is 2x2 there, so both are the same operation (and cost),
+    and GAP also works for other input sizes.
+    The Dense layer is float32 so logits stay float32 under mixed precision.
+    """
+    x = apply_conv_bn_relu(x, head_channels, 3, strides=2, name=f"{name}_conv1")
+    if head_type == "msdnet":
+        x = apply_conv_bn_relu(x, head_channels, 3, strides=2, name=f"{name}_conv2")
+    elif head_type == "fusion":
+        x = apply_conv_bn_relu(x, head_channels, 1, strides=1, name=f"{name}_conv2")
+    else:
+        raise ValueError(f"Unknown head_type {head_type!r}; expected 'msdnet' or 'fusion'.")
+    x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
+    return layers.Dense(num_classes, dtype="float32", name=name)(x)
+
+
+def block_steps(num_blocks: int, step_mode: str, step: int, base: int) -> list[int]:
+    """Layers per block: ``base`` first, then ``step`` ("even") or ``step*i+1`` ("lin_grow")."""
+    if step_mode not in ("even", "lin_grow"):
+        raise ValueError(f"Unknown step_mode {step_mode!r}; expected 'even' or 'lin_grow'.")
+    steps = [base]
+    for i in range(1, num_blocks):
+        steps.append(step if step_mode == "even" else step * i + 1)
+    return steps
+
+
+def scale_schedule(total_layers: int, num_scales: int) -> list[tuple[int, int]]:
+    """(in_scales, out_scales) of every layer under MSDNet's prune "max"."""
+    interval = math.ceil(total_layers / num_scales)
+    schedule = []
+    for n in range(1, total_layers + 1):
+        in_scales = num_scales - math.floor(max(0, n - 2) / interval)
+        out_scales = num_scales - math.floor((n - 1) / interval)
+        schedule.append((in_scales, out_scales))
+    return schedule
+
+
+def build_multi_exit_outputs(
+    inputs,
+    *,
+    num_classes: int,
+    num_blocks: int,
+    step_mode: str,
+    step: int,
+    base: int,
+    n_channels: int,
+    growth_rate: int,
+    gr_factor: Sequence[int],
+    bn_factor: Sequence[int],
+    reduction: float,
+    bottleneck: bool,
+    fusion: bool,
+    efficient_stem: bool,
+    stem_channels: int,
+    stem_stride: int,
+    head_type: str,
+    head_channels: int,
+) -> tuple[list, list[list]]:
+    """Builds the multi-scale dense network.
+
+    Returns:
+        ``(exit_logits, block_states)``: the logits of every exit, and for every
+        block the multi-scale feature maps after it (finest first), which is
+        exactly what the next block reads.
+    """
+    num_scales = len(gr_factor)
+    if len(bn_factor) != num_scales:
+        raise ValueError("gr_factor and bn_factor must have one entry per scale.")
+    steps = block_steps(num_blocks, step_mode, step, base)
+    schedule = scale_schedule(sum(steps), num_scales)
+
+    scale_channels = [n_channels * g for g in gr_factor]
+    if efficient_stem:
+        features = apply_efficient_stem(inputs, scale_channels, stem_channels, stem_stride)
+    else:
+        features = apply_msdnet_stem(inputs, scale_channels)
+
+    n = n_channels
+    layer_index = 0
+    outputs = []
+    block_states = []
+    for b, num_layers in enumerate(steps):
+        for j in range(num_layers):
+            in_scales, out_scales = schedule[layer_index]
+            layer_index += 1
+            first_scale = num_scales - out_scales
+            name = f"b{b + 1}_l{j + 1}"
+            features = apply_msd_layer(
+                features,
+                first_scale=first_scale,
+                discard=in_scales - out_scales,
+                growth_rate=growth_rate,
+                gr_factor=gr_factor,
+                bn_factor=bn_factor,
+                bottleneck=bottleneck,
+                fusion=fusion,
+                name=name,
+            )
+            n += growth_rate
+            if in_scales > out_scales and reduction > 0:
+                n_out = math.floor(reduction * n)
+                features = apply_transition(
+                    features,
+                    first_scale=first_scale,
+                    out_base=n_out,
+                    gr_factor=gr_factor,
+                    name=f"{name}_transition",
+                )
+                n = n_out
+        block_states.append(list(features))
+        outputs.append(
+            apply_classifier_head(
+                features[-1], num_classes, head_type, head_channels, name=f"exit_{b + 1}"
+            )
+        )
+    return outputs, block_states
+
+
+def validate_image_shape(image_shape: Sequence[int], num_scales: int) -> tuple[int, int, int]:
+    """Checks an (H, W, C) input shape and returns it as a tuple of ints."""
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (height, width, channels), got {tuple(image_shape)}.")
+    h, w, c = (int(v) for v in image_shape)
+    if h < 16 or w < 16:
+        raise ValueError(f"Images must be at least 16x16, got {h}x{w}.")
+    if c < 1:
+        raise ValueError(f"Images need at least one channel, got {c}.")
+    return h, w, c
+
+
+__all__ = [
+    "apply_conv_bn_relu",
+    "apply_depthwise_separable",
+    "apply_bottleneck_conv",
+    "apply_msdnet_stem",
+    "apply_efficient_stem",
+    "apply_msd_layer",
+    "apply_transition",
+    "apply_classifier_head",
+    "block_steps",
+    "scale_schedule",
+    "build_multi_exit_outputs",
+    "validate_image_shape",
+]

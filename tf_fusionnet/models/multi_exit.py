@@ -1,0 +1,238 @@
+"""MSDNet and FusionNet: functional multi-exit Keras models.
+
+Both are built in ``__init__`` (keras-hub style) and keep every constructor
+argument in ``get_config()``, so ``.keras`` files load with ``safe_mode=True``.
+Outputs are the logits of every exit, cheapest first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+
+from tf_fusionnet.models.blocks import build_multi_exit_outputs, validate_image_shape
+
+
+class _MultiExitNetwork(keras.Model):
+    """Shared constructor plumbing; use :class:`MSDNet` or :class:`FusionNet`."""
+
+    def _build(self, config: dict[str, Any], name: str | None, **kwargs):
+        image_shape = validate_image_shape(config["image_shape"], len(config["gr_factor"]))
+        inputs = keras.Input(shape=image_shape, name="image")
+        outputs, block_states = build_multi_exit_outputs(
+            inputs,
+            num_classes=config["num_classes"],
+            num_blocks=config["num_blocks"],
+            step_mode=config["step_mode"],
+            step=config["step"],
+            base=config["base"],
+            n_channels=config["n_channels"],
+            growth_rate=config["growth_rate"],
+            gr_factor=tuple(config["gr_factor"]),
+            bn_factor=tuple(config["bn_factor"]),
+            reduction=config["reduction"],
+            bottleneck=config["bottleneck"],
+            fusion=config["fusion"],
+            efficient_stem=config["efficient_stem"],
+            stem_channels=config["stem_channels"],
+            stem_stride=config["stem_stride"],
+            head_type=config["head_type"],
+            head_channels=config["head_channels"],
+        )
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        # Plain Python values (lists, not tuples) so get_config() is JSON-stable.
+        self._arch_config = {
+            k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in config.items()
+        }
+        self._arch_config["image_shape"] = list(image_shape)
+        # Names of the layers whose outputs are each block's multi-scale state;
+        # derived from the graph, so not part of the config. A scale that no
+        # exit depends on (possible in tiny configs) is not part of the model.
+        in_graph = {layer.name for layer in self.layers}
+        self._block_state_names = tuple(
+            tuple(
+                t._keras_history.operation.name
+                for t in state
+                if t._keras_history.operation.name in in_graph
+            )
+            for state in block_states
+        )
+
+    def block_state_tensors(self, block: int) -> list:
+        """Symbolic feature maps after ``block`` (0-based), finest scale first."""
+        return [self.get_layer(name).output for name in self._block_state_names[block]]
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.outputs)
+
+    @property
+    def arch_config(self) -> dict[str, Any]:
+        """The architecture arguments this model was built with."""
+        return dict(self._arch_config)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "trainable": self.trainable, **self.arch_config}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tf_fusionnet")
+class MSDNet(_MultiExitNetwork):
+    """Multi-Scale Dense Network (Huang et al., ICLR 2018), CIFAR variant.
+
+    Faithful to the official MSDNet-PyTorch model with ``prune="max"``,
+    bottleneck layers and reduction 0.5, in conv-BN-ReLU order.
+
+    Args:
+        num_classes: classes of every exit.
+        image_shape: (height, width, channels) of the input, at least 16x16.
+        num_blocks: blocks, one exit after each.
+        step_mode: "even" (every later block has ``step`` layers) or
+            "lin_grow" (block i has ``step * i + 1``).
+        step: layers per later block (see ``step_mode``).
+        base: layers in the first block.
+        n_channels: base channel count of the stem (scale s has
+            ``n_channels * gr_factor[s]``).
+        growth_rate: base channels every layer adds (times ``gr_factor[s]``).
+        gr_factor: per-scale channel multipliers; its length is the number
+            of scales.
+        bn_factor: per-scale bottleneck width multipliers.
+        reduction: transition compression (0 disables transitions).
+        bottleneck: use the 1x1 bottleneck before every 3x3 conv.
+        head_channels: channels of the exit classifiers' convs.
+
+    Example:
+    ```python
+    model = MSDNet(num_classes=10, num_blocks=7, step=2, base=4)
+    logits_per_exit = model(np.zeros((1, 32, 32, 3)))
+    ```
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_shape: Sequence[int] = (32, 32, 3),
+        num_blocks: int = 7,
+        step_mode: str = "even",
+        step: int = 2,
+        base: int = 4,
+        n_channels: int = 16,
+        growth_rate: int = 6,
+        gr_factor: Sequence[int] = (1, 2, 4),
+        bn_factor: Sequence[int] = (1, 2, 4),
+        reduction: float = 0.5,
+        bottleneck: bool = True,
+        head_channels: int = 128,
+        name: str | None = None,
+        **kwargs,
+    ):
+        config = dict(
+            num_classes=num_classes,
+            image_shape=image_shape,
+            num_blocks=num_blocks,
+            step_mode=step_mode,
+            step=step,
+            base=base,
+            n_channels=n_channels,
+            growth_rate=growth_rate,
+            gr_factor=gr_factor,
+            bn_factor=bn_factor,
+            reduction=reduction,
+            bottleneck=bottleneck,
+            head_channels=head_channels,
+        )
+        self._build(
+            {
+                **config,
+                "fusion": False,
+                "efficient_stem": False,
+                "stem_channels": 0,
+                "stem_stride": 1,
+                "head_type": "msdnet",
+            },
+            name=name or "msdnet",
+            **kwargs,
+        )
+        self._arch_config = {k: self._arch_config[k] for k in config}
+
+
+@keras.saving.register_keras_serializable(package="tf_fusionnet")
+class FusionNet(_MultiExitNetwork):
+    """The multi-exit network of Addad, Lechervy and Jurie.
+
+    MSDNet's multi-scale dense skeleton with the fusion layer (the strided path
+    into scale s reads scale s-1 *including* the current layer), per-scale
+    channel-halving transitions, an efficient stem and a lighter exit head.
+    See ``docs/architecture.md`` for every choice the paper leaves open.
+
+    Args:
+        num_classes, image_shape, num_blocks, step_mode, step, base,
+        n_channels, growth_rate, gr_factor, bn_factor, reduction, bottleneck,
+        head_channels: as in :class:`MSDNet`.
+        fusion: the fusion layer (False: MSDNet's cross-scale connections).
+        efficient_stem: the efficient stem (False: MSDNet's stem).
+        stem_channels: width of the efficient stem's inner convs.
+        stem_stride: stride of the efficient stem's last conv; 2 (the paper)
+            makes the finest scale half the input resolution.
+        head_type: "fusion" (3x3/s2 + 1x1 convs) or "msdnet" (two 3x3/s2).
+
+    Example:
+    ```python
+    model = FusionNet(num_classes=10)
+    model_without_fusion = FusionNet(num_classes=10, fusion=False)
+    ```
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_shape: Sequence[int] = (32, 32, 3),
+        num_blocks: int = 7,
+        step_mode: str = "even",
+        step: int = 2,
+        base: int = 4,
+        n_channels: int = 32,
+        growth_rate: int = 12,
+        gr_factor: Sequence[int] = (1, 2, 4),
+        bn_factor: Sequence[int] = (1, 2, 4),
+        reduction: float = 0.5,
+        bottleneck: bool = True,
+        head_channels: int = 128,
+        fusion: bool = True,
+        efficient_stem: bool = True,
+        stem_channels: int = 32,
+        stem_stride: int = 2,
+        head_type: str = "fusion",
+        name: str | None = None,
+        **kwargs,
+    ):
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}.")
+        self._build(
+            dict(
+                num_classes=num_classes,
+                image_shape=image_shape,
+                num_blocks=num_blocks,
+                step_mode=step_mode,
+                step=step,
+                base=base,
+                n_channels=n_channels,
+                growth_rate=growth_rate,
+                gr_factor=gr_factor,
+                bn_factor=bn_factor,
+                reduction=reduction,
+                bottleneck=bottleneck,
+                head_channels=head_channels,
+                fusion=fusion,
+                efficient_stem=efficient_stem,
+                stem_channels=stem_channels,
+                stem_stride=stem_stride,
+                head_type=head_type,
+            ),
+            name=name or "fusionnet",
+            **kwargs,
+        )

@@ -1,0 +1,93 @@
+"""Named model configurations: the one place where architecture numbers live."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import keras
+
+from tf_fusionnet.models.multi_exit import FusionNet, MSDNet
+
+MODEL_CLASSES = {"MSDNet": MSDNet, "FusionNet": FusionNet}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "msdnet-cifar-anytime": {
+        "class": "MSDNet",
+        "description": "MSDNet, CIFAR anytime setting: 7 blocks of 4,2,2,... layers.",
+        "config": dict(num_blocks=7, step_mode="even", step=2, base=4),
+    },
+    "msdnet-cifar-budgeted": {
+        "class": "MSDNet",
+        "description": "MSDNet, CIFAR budgeted setting: 5 blocks, linearly growing.",
+        "config": dict(num_blocks=5, step_mode="lin_grow", step=1, base=1),
+    },
+    "fusionnet-cifar": {
+        "class": "FusionNet",
+        "description": "FusionNet (fusion + efficient stem), 7 exits, ~64.5M MACs at 32x32.",
+        "config": dict(
+            num_blocks=7,
+            step_mode="even",
+            step=2,
+            base=4,
+            n_channels=32,
+            growth_rate=12,
+            stem_channels=32,
+            stem_stride=2,
+        ),
+    },
+    "msdnet-tiny": {
+        "class": "MSDNet",
+        "description": "Tiny MSDNet for tests: 3 exits.",
+        "config": dict(
+            num_blocks=3, step_mode="even", step=1, base=1, n_channels=8, growth_rate=4,
+            head_channels=16,
+        ),
+    },
+    "fusionnet-tiny": {
+        "class": "FusionNet",
+        "description": "Tiny FusionNet for tests: 3 exits.",
+        "config": dict(
+            num_blocks=3, step_mode="even", step=1, base=1, n_channels=8, growth_rate=4,
+            stem_channels=8, head_channels=16,
+        ),
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def preset_config(preset: str) -> dict[str, Any]:
+    """The constructor arguments of a preset (a copy)."""
+    if preset not in PRESETS:
+        raise ValueError(
+            f"Unknown preset {preset!r}. Available: {', '.join(preset_names())}."
+        )
+    return copy.deepcopy(PRESETS[preset]["config"])
+
+
+def build_model(
+    preset: str,
+    num_classes: int = 10,
+    image_shape: Sequence[int] = (32, 32, 3),
+    **overrides: Any,
+) -> keras.Model:
+    """Builds a preset's model.
+
+    Args:
+        preset: a name from :data:`PRESETS`.
+        num_classes: classes of every exit.
+        image_shape: (height, width, channels).
+        **overrides: any constructor argument, e.g. ``fusion=False``.
+
+    Example:
+    ```python
+    model = build_model("fusionnet-cifar", num_classes=100)
+    ```
+    """
+    config = preset_config(preset)
+    config.update(overrides)
+    cls = MODEL_CLASSES[PRESETS[preset]["class"]]
+    return cls(num_classes=num_classes, image_shape=tuple(image_shape), **config)
