@@ -1,0 +1,176 @@
+"""tf.data input pipelines: augmentation for training, plain normalisation for evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training augmentation; defaults are the paper's recipe (see docs/training.md).
+
+    Attributes:
+        random_crop: zero-pad then crop back to the input size at a random place.
+        pad: pixels of zero padding per side; -1 means size // 8 (4 on 32x32).
+        flip: random horizontal flip with probability 0.5.
+        mix_prob: probability that a batch is mixed at all (CutMix or MixUp).
+        cutmix_share: of the mixed batches, the share that uses CutMix (the rest MixUp).
+        mixup_alpha: Beta(alpha, alpha) parameter of MixUp.
+        cutmix_alpha: Beta parameter of CutMix (``keras.layers.CutMix(factor=...)``).
+    """
+
+    random_crop: bool = True
+    pad: int = -1
+    flip: bool = True
+    mix_prob: float = 1.0
+    cutmix_share: float = 0.5
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+
+
+def normalization_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (0..255 scale) of uint8 images (N, H, W, C)."""
+    channels = images.shape[-1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(-1, channels).astype(np.float64)
+        total += block.sum(0)
+        total_sq += (block**2).sum(0)
+        count += block.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def _normalize(images, mean, std):
+    return (tf.cast(images, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def _repeat_labels(num_exits: int):
+    return lambda x, y: (x, tuple([y] * num_exits))
+
+
+def _check_mixable_labels(labels) -> None:
+    # keras.layers.MixUp/CutMix broadcast integer labels of shape (B,) against
+    # (B, 1) weights into a (B, B) "label" without complaint: refuse early.
+    if labels.shape.rank != 2 or not labels.dtype.is_floating:
+        raise ValueError(
+            "CutMix/MixUp need one-hot float labels of shape (batch, classes); "
+            f"got {labels.dtype.name} labels of shape {labels.shape}"
+        )
+
+
+def make_batch_mixer(config: AugmentConfig, seed: int | None = None):
+    """Returns ``mix(images, labels)`` that applies CutMix or MixUp to a batch, or nothing.
+
+    Keras's layers mix every batch they see; the per-batch choice is made here:
+    with probability ``mix_prob * cutmix_share`` CutMix, with
+    ``mix_prob * (1 - cutmix_share)`` MixUp, otherwise the batch is unchanged.
+    """
+    cutmix = keras.layers.CutMix(factor=config.cutmix_alpha, seed=seed)
+    mixup = keras.layers.MixUp(alpha=config.mixup_alpha, seed=seed)
+    generator = tf.random.Generator.from_seed(0 if seed is None else seed + 1)
+    p_cutmix = config.mix_prob * config.cutmix_share
+    p_any = config.mix_prob
+
+    def apply(layer, images, labels):
+        out = layer({"images": images, "labels": labels}, training=True)
+        return tf.cast(out["images"], images.dtype), tf.cast(out["labels"], labels.dtype)
+
+    def mix(images, labels):
+        _check_mixable_labels(labels)
+        u = generator.uniform([])
+        return tf.cond(
+            u < p_cutmix,
+            lambda: apply(cutmix, images, labels),
+            lambda: tf.cond(
+                u < p_any, lambda: apply(mixup, images, labels), lambda: (images, labels)
+            ),
+        )
+
+    return mix
+
+
+def make_train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    num_exits: int,
+    batch_size: int,
+    mean: list[float],
+    std: list[float],
+    augment: AugmentConfig,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Shuffled, augmented, normalised batches of ``(image, (one_hot,) * num_exits)``.
+
+    One pass is one epoch; batches are full (the last partial batch is dropped).
+    """
+    if len(images) < batch_size:
+        raise ValueError(
+            f"batch size {batch_size} is larger than the {len(images)} training images; "
+            "pass a smaller --batch_size"
+        )
+    height, width = images.shape[1:3]
+    pad = augment.pad if augment.pad >= 0 else max(height, width) // 8
+    crop = keras.layers.RandomCrop(height, width, seed=seed)
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
+
+    def per_image(image, label):
+        image = tf.cast(image, tf.float32)
+        if augment.random_crop and pad > 0:
+            image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])  # zero = black pixels
+            image = crop(image, training=True)
+        if augment.flip:
+            image = flip(image, training=True)
+        return image, label
+
+    mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+    def to_batch(images_, labels_):
+        images_ = (images_ - mean_t) / std_t
+        return images_, tf.one_hot(labels_, num_classes, dtype=tf.float32)
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(per_image, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(to_batch, num_parallel_calls=AUTOTUNE)
+    if augment.mix_prob > 0:
+        ds = ds.map(make_batch_mixer(augment, seed), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_repeat_labels(num_exits), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def make_eval_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    batch_size: int,
+    mean: list[float],
+    std: list[float],
+    num_classes: int | None = None,
+    num_exits: int | None = None,
+) -> tf.data.Dataset:
+    """Normalised batches in order. With ``num_classes`` and ``num_exits``, yields
+    ``(image, (one_hot,) * num_exits)`` for ``model.fit`` validation; otherwise images only."""
+    ds = tf.data.Dataset.from_tensor_slices(images)
+    if labels is not None and num_classes is not None and num_exits is not None:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        ds = ds.batch(batch_size).map(
+            lambda x, y: (_normalize(x, mean, std), tf.one_hot(y, num_classes)),
+            num_parallel_calls=AUTOTUNE,
+        )
+        ds = ds.map(_repeat_labels(num_exits), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.batch(batch_size).map(lambda x: _normalize(x, mean, std), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,103 @@
+"""Crash-safe training callbacks.
+
+Keras's ``ModelCheckpoint``, ``CSVLogger`` and ``BackupAndRestore`` write their
+files in place, so a ``kill -9`` during a write leaves a truncated file, and
+``CSVLogger`` repeats the rows of an epoch that is trained again after a
+resume. These subclasses and small callbacks write to a temporary name and
+rename, and key the log by epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import keras
+
+from tf_fusionnet.utils import atomic_path, atomic_write_json, atomic_write_text
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose weights and epoch marker are replaced atomically.
+
+    Weights are renamed into place before the epoch marker, so a crash between
+    the two renames at worst trains the last epoch once more.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with atomic_path(self._weights_path) as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        atomic_write_json(
+            self._training_metadata_path,
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen},
+        )
+
+
+class EpochCSVLog(keras.callbacks.Callback):
+    """``log.csv``: one row per finished epoch (1-based ``epoch`` column), rewritten atomically.
+
+    Rows of epochs that are trained again after a resume replace the old ones.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def _read_rows(self) -> list[dict[str, str]]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": str(epoch + 1)}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:  # the rate the epoch ended with
+            row["lr"] = f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}"
+        for key, value in sorted((logs or {}).items()):
+            row[key] = f"{float(value):.6g}"
+        rows = [r for r in self._read_rows() if int(r["epoch"]) < epoch + 1] + [row]
+        columns = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves the last epoch's model to ``last_path`` and the best one to ``best_path``.
+
+    "Best" is the highest ``monitor`` value (e.g. the last exit's validation
+    accuracy); it is remembered in ``best_path + '.json'`` across restarts.
+    """
+
+    def __init__(self, last_path: str, best_path: str | None = None, monitor: str | None = None):
+        super().__init__()
+        self.last_path = last_path
+        self.best_path = best_path
+        self.monitor = monitor
+        self._best_record = f"{best_path}.json" if best_path else None
+
+    def _best_so_far(self) -> float:
+        if self._best_record and os.path.exists(self._best_record):
+            with open(self._best_record) as f:
+                return float(json.load(f)["value"])
+        return float("-inf")
+
+    def on_epoch_end(self, epoch, logs=None):
+        with atomic_path(self.last_path) as tmp:
+            self.model.save(tmp)
+        if not (self.best_path and self.monitor and logs and self.monitor in logs):
+            return
+        value = float(logs[self.monitor])
+        if value > self._best_so_far():
+            with atomic_path(self.best_path) as tmp:
+                self.model.save(tmp)
+            atomic_write_json(self._best_record, {"epoch": epoch + 1, "monitor": self.monitor, "value": value})

@@ -1,0 +1,272 @@
+"""Training a multi-exit model: data, split, model, optimizer, callbacks, run directory.
+
+Run directory layout (``TrainConfig.run_dir()``):
+
+* ``config.json``: every setting, the preset's architecture, library versions, git commit;
+* ``split.json``: the held-out validation indices (reused by evaluation);
+* ``preprocessing.json``: normalisation mean/std, image shape, class names;
+* ``model.keras`` (last finished epoch), ``best.keras`` (best last-exit validation accuracy);
+* ``log.csv``: one row per finished epoch; ``tensorboard/``; ``backup/`` (resume state).
+
+Every file is written to a temporary name and renamed, so a run killed at any
+moment leaves only whole files, and the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
+from tf_fusionnet.data.split import SPLIT_FILE, default_val_size, load_split, make_split, save_split
+from tf_fusionnet.training.config import TrainConfig
+from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
+
+# Settings that may change between a run and its resumption without changing the run.
+_RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir"}
+
+
+def setup_strategy(config: TrainConfig):
+    """Creates the tf.distribute strategy; call before any other TensorFlow work."""
+    import tensorflow as tf
+
+    if config.num_cpu_devices > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.num_cpu_devices
+        )
+    if config.strategy == "default":
+        return tf.distribute.get_strategy()
+    if config.strategy == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    if config.strategy == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"--strategy must be default, mirrored or multiworker, got {config.strategy!r}")
+
+
+def _is_chief(strategy) -> tuple[bool, int]:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True, 0
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    return (task_type == "chief" or (task_type == "worker" and task_id == 0)), task_id
+
+
+def parse_image_size(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--image_size must be H,W, got {text!r}") from None
+    return h, w
+
+
+def parse_exit_weights(text: str, num_exits: int) -> list[float]:
+    if not text:
+        return [1.0] * num_exits
+    weights = [float(v) for v in text.split(",")]
+    if len(weights) != num_exits:
+        raise ValueError(f"--exit_weights has {len(weights)} values but the model has {num_exits} exits")
+    return weights
+
+
+def _check_resume(run_dir: str, config: TrainConfig) -> None:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f).get("train", {})
+    current = config.to_dict()
+    changed = sorted(
+        k for k in current if k not in _RESUMABLE_KEYS and k in previous and previous[k] != current[k]
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {previous[k]!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"{run_dir} holds a run with other settings ({diffs}); use another --output")
+
+
+def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reuses the run's split.json if present (resume), else draws and writes one."""
+    path = os.path.join(run_dir, SPLIT_FILE)
+    if os.path.exists(path):
+        return load_split(path, data)
+    size = default_val_size(data) if val_size < 0 else val_size
+    train_idx, val_idx = make_split(len(data.train_labels), size, seed)
+    save_split(path, data, val_idx, seed)
+    return train_idx, val_idx
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """SGD with linear warmup then cosine decay to 0; weight decay on kernels only."""
+    import keras
+
+    peak = config.peak_lr()
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    if warmup > 0:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0,
+            decay_steps=total - warmup,
+            alpha=0.0,
+            warmup_target=peak,
+            warmup_steps=warmup,
+        )
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(peak, decay_steps=total, alpha=0.0)
+    optimizer = keras.optimizers.SGD(
+        learning_rate=schedule, momentum=config.momentum, weight_decay=config.weight_decay or None
+    )
+    if config.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def exit_accuracy_keys(num_exits: int, validation: bool) -> list[str]:
+    prefix = "val_" if validation else ""
+    return [f"{prefix}exit_{k}_accuracy" for k in range(1, num_exits + 1)]
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Runs (or resumes) a training run; returns the last epoch's logs and the run dir."""
+    strategy = setup_strategy(config)
+
+    import keras
+
+    from tf_fusionnet.data.pipeline import AugmentConfig, make_eval_dataset, make_train_dataset, normalization_stats
+    from tf_fusionnet.macs import exit_macs
+    from tf_fusionnet.presets import PRESETS, build_model
+    from tf_fusionnet.training.callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochCSVLog
+
+    if config.preset not in PRESETS:
+        raise ValueError(f"Unknown preset {config.preset!r}. Available: {', '.join(PRESETS)}.")
+    run_dir = config.run_dir()
+    is_chief, task_id = _is_chief(strategy)
+    if not is_chief:  # other workers write their copies aside, as Keras recommends
+        run_dir = os.path.join(run_dir, f".worker{task_id}")
+    os.makedirs(run_dir, exist_ok=True)
+    _check_resume(run_dir, config)
+
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    data = load_dataset(config.dataset, config.tfds_data_dir or None, parse_image_size(config.image_size))
+    train_idx, val_idx = prepare_split(data, run_dir, config.val_size, config.seed)
+    x_train, y_train = data.train_images[train_idx], data.train_labels[train_idx]
+    x_val, y_val = data.train_images[val_idx], data.train_labels[val_idx]
+    mean, std = normalization_stats(x_train)
+    atomic_write_json(
+        os.path.join(run_dir, "preprocessing.json"),
+        {
+            "image_shape": list(data.image_shape),
+            "mean": mean,
+            "std": std,
+            "class_names": data.class_names,
+            "dataset_source": data.source,
+        },
+    )
+
+    with strategy.scope():
+        model = build_model(config.preset, num_classes=data.num_classes, image_shape=data.image_shape)
+        num_exits = len(model.outputs)
+        steps_per_epoch = len(x_train) // config.batch_size
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        model.compile(
+            optimizer=make_optimizer(config, max(1, steps_per_epoch)),
+            loss=[loss] * num_exits,
+            loss_weights=parse_exit_weights(config.exit_weights, num_exits),
+            metrics=[[keras.metrics.CategoricalAccuracy(name="accuracy")] for _ in range(num_exits)],
+            jit_compile=config.jit_compile,
+        )
+
+    macs = exit_macs(model)
+    atomic_write_json(
+        os.path.join(run_dir, "config.json"),
+        {
+            "train": config.to_dict(),
+            "preset": config.preset,
+            "model_class": type(model).__name__,
+            "model_config": model.get_config(),
+            "num_classes": data.num_classes,
+            "exit_macs": macs,
+            "peak_lr": config.peak_lr(),
+            "num_train_images": int(len(train_idx)),
+            "num_val_images": int(len(val_idx)),
+            "num_test_images": int(len(data.test_labels)),
+            "versions": library_versions(),
+            "git_commit": git_commit(),
+            "strategy": config.strategy,
+            "num_replicas": strategy.num_replicas_in_sync,
+        },
+    )
+
+    augment = AugmentConfig(
+        random_crop=config.random_crop, pad=config.pad, flip=config.flip, mix_prob=config.mix_prob,
+        cutmix_share=config.cutmix_share, mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+    )
+    train_ds = make_train_dataset(
+        x_train, y_train, num_classes=data.num_classes, num_exits=num_exits,
+        batch_size=config.batch_size, mean=mean, std=std, augment=augment, seed=config.seed,
+    )
+    val_ds = None
+    if len(val_idx):
+        val_ds = make_eval_dataset(
+            x_val, y_val, batch_size=min(config.batch_size, 1000), mean=mean, std=std,
+            num_classes=data.num_classes, num_exits=num_exits,
+        )
+
+    last_val_key = exit_accuracy_keys(num_exits, True)[-1]
+    callbacks = [
+        # Order matters: the log and the models of an epoch are on disk before the
+        # backup marks the epoch as done.
+        EpochCSVLog(os.path.join(run_dir, "log.csv")),
+        AtomicModelCheckpoint(
+            os.path.join(run_dir, "model.keras"),
+            os.path.join(run_dir, "best.keras") if val_ds is not None else None,
+            monitor=last_val_key,
+        ),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+        AtomicBackupAndRestore(os.path.join(run_dir, "backup")),
+    ]
+    history = model.fit(
+        train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose
+    )
+    logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    if not logs:  # resumed a finished run: report its last logged epoch
+        logs = _last_logged_epoch(os.path.join(run_dir, "log.csv"))
+    return {"run_dir": run_dir, "logs": logs, "exit_macs": macs, "num_exits": num_exits}
+
+
+def _last_logged_epoch(path: str) -> dict[str, float]:
+    import csv
+
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for k, v in rows[-1].items() if v} if rows else {}
+
+
+def format_exit_table(result: dict[str, Any]) -> str:
+    """Per-exit MACs and train/validation accuracy of the last epoch, as text."""
+    logs = result["logs"]
+    lines = [f"{'exit':>4}  {'MACs (M)':>9}  {'train acc':>9}  {'val acc':>8}"]
+    for k, macs in enumerate(result["exit_macs"], start=1):
+        train = logs.get(f"exit_{k}_accuracy")
+        val = logs.get(f"val_exit_{k}_accuracy")
+        fmt = lambda v: f"{100 * v:8.2f}%" if v is not None and not math.isnan(v) else "       -"
+        lines.append(f"{k:>4}  {macs / 1e6:>9.2f}  {fmt(train):>9}  {fmt(val):>8}")
+    return "\n".join(lines)
+
+
+__all__ = ["train", "format_exit_table", "make_optimizer", "prepare_split", "setup_strategy", "DataError"]

@@ -1,0 +1,47 @@
+"""Train a multi-exit classifier.
+
+    python train.py                                   # embedded CIFAR-10 sample, offline
+    python train.py --dataset cifar10                 # full recipe: 300 epochs, batch 512
+    python train.py --dataset PATH --preset msdnet-cifar-anytime --output runs/msd
+
+Every flag and its default (the paper's recipe): python train.py --helpfull,
+or tf_fusionnet/training/config.py. Re-running the same command resumes a run.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import sys
+
+from absl import app, flags
+
+from tf_fusionnet.training.config import config_fields
+
+for _field in config_fields():
+    _define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+               str: flags.DEFINE_string}[type(_field.default)]
+    _define(_field.name, _field.default, _field.metadata["help"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    from tf_fusionnet.data.sources import DataError
+    from tf_fusionnet.training import TrainConfig, format_exit_table, train
+
+    config = TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in config_fields()})
+    try:
+        result = train(config)
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"\nrun: {result['run_dir']}  (last epoch)")
+    print(format_exit_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
