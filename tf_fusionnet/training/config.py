@@ -47,6 +47,9 @@ class TrainConfig:
     num_cpu_devices: int = _f(0, "Split the CPU into this many logical devices (to try 'mirrored' without GPUs).")
     mixed_precision: bool = _f(False, "mixed_float16 compute (GPUs).")
     jit_compile: bool = _f(False, "XLA-compile the train step (GPUs; slower on the project's CPUs).")
+    inter_op_threads: int = _f(0, "TensorFlow inter-op threads (0: TensorFlow's choice). 2 with "
+                               "--intra_op_threads 1 trained fastest on the project's 2-core CPUs.")
+    intra_op_threads: int = _f(0, "TensorFlow intra-op threads (0: TensorFlow's choice).")
     verbose: int = _f(1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
     def peak_lr(self) -> float:

@@ -27,13 +27,17 @@ from tf_fusionnet.training.config import TrainConfig
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
 # Settings that may change between a run and its resumption without changing the run.
-_RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir"}
+_RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads"}
 
 
 def setup_strategy(config: TrainConfig):
     """Creates the tf.distribute strategy; call before any other TensorFlow work."""
     import tensorflow as tf
 
+    if config.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
+    if config.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
     if config.num_cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
