@@ -1,0 +1,19 @@
+"""Evaluation: anytime prediction, budgeted batch classification, calibration."""
+
+from tf_fusionnet.evaluation.budgeted import (
+    budgeted_curve,
+    exit_indices,
+    exit_proportions,
+    fit_thresholds,
+    simulate,
+    thresholds_for_budget,
+)
+
+__all__ = [
+    "budgeted_curve",
+    "exit_indices",
+    "exit_proportions",
+    "fit_thresholds",
+    "simulate",
+    "thresholds_for_budget",
+]

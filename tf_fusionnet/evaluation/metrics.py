@@ -1,0 +1,58 @@
+"""Anytime metrics and per-exit calibration (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float | np.ndarray = 1.0) -> np.ndarray:
+    """Softmax over the last axis, in float64 for stable confidences."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Share of samples whose label is among the k most probable classes. probs: (N, C)."""
+    k = min(k, probs.shape[-1])
+    top = np.argpartition(-probs, k - 1, axis=-1)[:, :k]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al., 2017). probs: (N, C)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(labels)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    p = softmax(logits, temperature)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-300, None))))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the validation NLL (golden-section search on log T in [-3, 3])."""
+    labels = np.asarray(labels)
+    lo, hi = -3.0, 3.0
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = (negative_log_likelihood(logits, labels, np.exp(x)) for x in (a, b))
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = negative_log_likelihood(logits, labels, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = negative_log_likelihood(logits, labels, np.exp(b))
+    return float(np.exp((lo + hi) / 2))

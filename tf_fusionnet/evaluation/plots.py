@@ -1,0 +1,42 @@
+"""Accuracy-against-cost plots (PNG), one line per model."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tf_fusionnet.utils import atomic_path
+
+
+def plot_curves(
+    path: str,
+    curves: Sequence[dict],
+    title: str,
+    xlabel: str = "MACs (x1e8)",
+    ylabel: str = "top-1 accuracy (%)",
+    x_scale: float = 1e8,
+) -> None:
+    """Writes a PNG of several (x, accuracy) curves.
+
+    Args:
+        curves: dicts with ``label``, ``x`` (raw units, divided by ``x_scale``)
+            and ``y`` (fractions, shown in percent); optional ``marker``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for curve in curves:
+        points = sorted(zip(curve["x"], curve["y"]))
+        ax.plot([x / x_scale for x, _ in points], [100 * y for _, y in points],
+                marker=curve.get("marker", "o"), markersize=4, linewidth=1.5, label=curve["label"])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

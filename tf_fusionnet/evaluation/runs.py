@@ -1,0 +1,154 @@
+"""Reading a train.py run directory and computing (and caching) its per-exit logits."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
+from tf_fusionnet.data.split import SPLIT_FILE, load_split
+from tf_fusionnet.utils import atomic_path
+
+CHECKPOINTS = {"model": "model.keras", "best": "best.keras"}
+
+
+class RunError(ValueError):
+    """A run directory that cannot be evaluated; the message is for the user."""
+
+
+@dataclasses.dataclass
+class Run:
+    run_dir: str
+    config: dict[str, Any]
+    preprocessing: dict[str, Any]
+
+    @property
+    def preset(self) -> str:
+        return self.config["preset"]
+
+    @property
+    def exit_macs(self) -> list[int]:
+        return list(self.config["exit_macs"])
+
+    @property
+    def eval_dir(self) -> str:
+        return os.path.join(self.run_dir, "eval")
+
+    def checkpoint_path(self, checkpoint: str = "model") -> str:
+        if checkpoint not in CHECKPOINTS:
+            raise RunError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
+        return os.path.join(self.run_dir, CHECKPOINTS[checkpoint])
+
+
+def _read_json(path: str, what: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; is this a run directory written by train.py? ({what})") from None
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path}: unreadable ({error})") from None
+
+
+def load_run(run_dir: str) -> Run:
+    if not os.path.isdir(run_dir):
+        raise RunError(f"{run_dir}: no such run directory")
+    config = _read_json(os.path.join(run_dir, "config.json"), "config")
+    preprocessing = _read_json(os.path.join(run_dir, "preprocessing.json"), "normalisation")
+    for key in ("preset", "exit_macs", "model_config", "train"):
+        if key not in config:
+            raise RunError(f"{run_dir}/config.json lacks {key!r}")
+    return Run(run_dir, config, preprocessing)
+
+
+def load_run_data(run: Run, dataset: str | None = None) -> tuple[ImageDataset, np.ndarray, np.ndarray]:
+    """The run's dataset (or ``dataset`` instead) and its stored train/validation split."""
+    train_config = run.config["train"]
+    spec = dataset or train_config["dataset"]
+    image_size = train_config.get("image_size") or ""
+    size = tuple(int(v) for v in image_size.split(",")) if image_size else None
+    data = load_dataset(spec, train_config.get("tfds_data_dir") or None, size)
+    train_idx, val_idx = load_split(os.path.join(run.run_dir, SPLIT_FILE), data)
+    if list(data.image_shape) != list(run.preprocessing["image_shape"]):
+        raise RunError(f"{spec}: images are {data.image_shape}, the run was trained on "
+                       f"{tuple(run.preprocessing['image_shape'])}")
+    return data, train_idx, val_idx
+
+
+def load_checkpoint(run: Run, checkpoint: str = "model"):
+    """Loads a run's model and checks it is the architecture the run describes."""
+    import keras
+
+    import tf_fusionnet.models  # noqa: F401  (registers the classes for safe_mode loading)
+
+    path = run.checkpoint_path(checkpoint)
+    if not os.path.exists(path):
+        raise RunError(f"{path}: missing (has the run finished an epoch?)")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:
+        raise RunError(f"{path}: not a loadable Keras model ({str(error).splitlines()[0][:200]})") from None
+    expected = {k: v for k, v in run.config["model_config"].items() if k not in ("name", "trainable")}
+    actual = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable")}
+    if type(model).__name__ != run.config.get("model_class", type(model).__name__) or actual != expected:
+        raise RunError(f"{path}: this checkpoint is not the {run.preset!r} model of {run.run_dir} "
+                       "(architecture differs from config.json)")
+    return model
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_logits(
+    run: Run, checkpoint: str = "model", batch_size: int = 500, dataset: str | None = None, verbose: Any = "auto"
+) -> dict[str, np.ndarray]:
+    """Per-exit logits on validation and test, cached in ``RUN/eval/logits_<checkpoint>.npz``.
+
+    The cache is keyed by the sha256 of the checkpoint and of the split file,
+    so a re-trained model or another split is never served stale logits.
+
+    Returns a dict with ``val_logits``, ``test_logits`` (K, N, C) and
+    ``val_labels``, ``test_labels`` (N,).
+    """
+    path = run.checkpoint_path(checkpoint)
+    if not os.path.exists(path):
+        raise RunError(f"{path}: missing (has the run finished an epoch?)")
+    key = file_sha256(path) + ":" + file_sha256(os.path.join(run.run_dir, SPLIT_FILE))
+    cache = os.path.join(run.eval_dir, f"logits_{checkpoint}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as stored:
+            if str(stored["key"]) == key:
+                return {k: stored[k] for k in ("val_logits", "test_logits", "val_labels", "test_labels")}
+
+    from tf_fusionnet.data.pipeline import make_eval_dataset
+
+    data, _, val_idx = load_run_data(run, dataset)
+    model = load_checkpoint(run, checkpoint)
+    mean, std = run.preprocessing["mean"], run.preprocessing["std"]
+
+    def predict(images):
+        if len(images) == 0:
+            return np.zeros((len(model.outputs), 0, model.outputs[0].shape[-1]), np.float32)
+        ds = make_eval_dataset(images, None, batch_size=batch_size, mean=mean, std=std)
+        return np.stack([np.asarray(o) for o in model.predict(ds, verbose=verbose)])
+
+    result = {
+        "val_logits": predict(data.train_images[val_idx]),
+        "test_logits": predict(data.test_images),
+        "val_labels": data.train_labels[val_idx],
+        "test_labels": data.test_labels,
+    }
+    os.makedirs(run.eval_dir, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        np.savez_compressed(tmp, key=np.array(key), **result)
+    return result
