@@ -1,0 +1,51 @@
+"""Export a train.py run as a TFLite bundle: one model per exit stage, plus the cascade runner.
+
+    python export/to_tflite.py --run RUN --out BUNDLE [--precision float32,int8] [--standalone]
+
+The bundle folder is the deliverable: copy it to a device, `pip install ai-edge-litert numpy
+pillow`, and run `python BUNDLE/cascade_runner.py IMAGES... --budget MACS`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags
+
+flags.DEFINE_string("run", None, "Run directory of train.py.")
+flags.DEFINE_string("out", None, "Bundle folder to write (replaced if it exists).")
+flags.DEFINE_list("precision", ["float32", "int8"], "Precisions: float32, float16, int8.")
+flags.DEFINE_bool("standalone", False, "Also write exit_k.tflite (image -> exit k) per precision.")
+flags.DEFINE_enum("checkpoint", "model", ["model", "best"], "model.keras (last epoch) or best.keras.")
+flags.DEFINE_integer("calibration_images", 200, "Training-split images for int8 calibration.")
+flags.DEFINE_integer("report_images", 0, "Test images for the accuracy checks in report.json (0: all).")
+flags.DEFINE_string("dataset", None, "Read the data from here instead of the run's --dataset.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    if not FLAGS.run or not FLAGS.out:
+        print("error: --run and --out are required", file=sys.stderr)
+        return 2
+    from tf_fusionnet.export.bundle import export_bundle
+
+    try:
+        print(f"exporting {FLAGS.run} -> {FLAGS.out}")
+        report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
+                               FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {FLAGS.out}/ in {report['export_seconds']} s (manifest.json, report.json, cascade_runner.py)")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

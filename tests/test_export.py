@@ -1,0 +1,157 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from tf_fusionnet.export.bundle import export_bundle
+    from tf_fusionnet.training import TrainConfig, train
+
+    base = tmp_path_factory.mktemp("export")
+    run_dir = str(base / "run")
+    train(TrainConfig(preset="fusionnet-tiny", epochs=1, batch_size=64, verbose=0, output=run_dir))
+    out = str(base / "bundle")
+    export_bundle(run_dir, out, precisions=("float32", "int8"), standalone=True, verbose=False)
+    return {"run": run_dir, "bundle": out}
+
+
+def _runner_module(bundle_dir):
+    sys.path.insert(0, bundle_dir)
+    try:
+        import importlib
+
+        import cascade_runner
+
+        return importlib.reload(cascade_runner)
+    finally:
+        sys.path.remove(bundle_dir)
+
+
+def test_bundle_layout_manifest_and_report(bundle):
+    b = bundle["bundle"]
+    manifest = json.load(open(os.path.join(b, "manifest.json")))
+    assert manifest["format_version"] == 1 and manifest["num_exits"] == 3
+    assert manifest["input"]["shape"] == [32, 32, 3] and len(manifest["normalization"]["mean"]) == 3
+    assert manifest["class_names"][0] == "airplane"
+    assert manifest["precisions"]["float32"]["stages"] == [f"float32/stage_{k}.tflite" for k in (1, 2, 3)]
+    assert manifest["precisions"]["int8"]["standalone"] == [f"int8/exit_{k}.tflite" for k in (1, 2, 3)]
+    assert manifest["stages"][0]["inputs"] == ["image"]
+    assert manifest["stages"][1]["inputs"] == manifest["stages"][0]["outputs"][1:]  # hand-off by name
+    assert manifest["stages"][-1]["outputs"] == ["logits"]
+    assert manifest["exit_macs"] == sorted(manifest["exit_macs"])
+    assert len(manifest["thresholds"]) >= 3
+    for name, digest in manifest["sha256"].items():
+        assert os.path.exists(os.path.join(b, name)) and len(digest) == 64
+    assert os.path.exists(os.path.join(b, "cascade_runner.py"))
+    report = json.load(open(os.path.join(b, "report.json")))
+    f32 = report["precisions"]["float32"]
+    assert f32["within_1e-4"] and max(f32["max_abs_logit_diff_vs_keras"]) <= 1e-4
+    assert f32["top1"] == pytest.approx(report["keras_top1"])
+    assert max(f32["standalone_max_abs_diff_vs_chained"]) <= 1e-4
+    assert len(report["precisions"]["int8"]["top1"]) == 3
+    assert not [f for f in os.listdir(os.path.dirname(b)) if f.startswith(".tmp-")]
+
+
+def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.evaluation.budgeted import exit_indices, exit_proportions, fit_thresholds
+    from tf_fusionnet.evaluation.metrics import softmax
+    from tf_fusionnet.evaluation.runs import load_run, run_logits
+
+    logits = run_logits(load_run(bundle["run"]), verbose=0)
+    val_probs, test_probs = softmax(logits["val_logits"]), softmax(logits["test_logits"])
+    test_images = load_dataset("sample").test_images
+    runner_module = _runner_module(bundle["bundle"])
+    for q in (0.3, 1.0, 2.5):
+        thresholds = fit_thresholds(val_probs.max(2), exit_proportions(q, 3))
+        expected_exit = exit_indices(test_probs.max(2), thresholds)
+        expected_class = test_probs.argmax(2)[expected_exit, np.arange(len(expected_exit))]
+        runner = runner_module.CascadeRunner(bundle["bundle"], thresholds=thresholds)
+        results = runner.classify(test_images)  # one batch
+        assert [r["exit"] - 1 for r in results] == expected_exit.tolist()
+        assert [r["class"] for r in results] == expected_class.tolist()
+        one_by_one = [runner.classify(img)[0] for img in test_images[:20]]
+        assert [r["exit"] - 1 for r in one_by_one] == expected_exit[:20].tolist()
+
+
+def _run_cli(bundle_dir, *args):
+    return subprocess.run([sys.executable, os.path.join(bundle_dir, "cascade_runner.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_runner_cli_needs_no_tensorflow(bundle, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    sample = os.path.join(ROOT, "tf_fusionnet", "data", "cifar10_sample", "test", "cat")
+    for name in sorted(os.listdir(sample))[:5]:
+        shutil.copy(os.path.join(sample, name), images / name)
+    result = _run_cli(bundle["bundle"], str(images), "--json", "--budget", "1e9")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        assert {"file", "class", "exit", "confidence", "ms"} <= set(row) and 1 <= row["exit"] <= 3
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import numpy as np, cascade_runner as cr;"
+        "r = cr.CascadeRunner(sys.argv[1], precision='int8', threads=2);"
+        "out = r.classify(np.zeros((4, 32, 32, 3), np.uint8));"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'));"
+        "print(len(out), bad)"
+    )
+    check = subprocess.run([sys.executable, "-c", probe, bundle["bundle"]], capture_output=True, text=True,
+                           timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "4 []"
+    human = _run_cli(bundle["bundle"], str(images), "--deadline_ms", "1000")
+    assert human.returncode == 0 and "5 images" in human.stdout
+
+
+def test_runner_refuses_bad_input(bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle["bundle"], broken)
+    with open(broken / "float32" / "stage_2.tflite", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    img = tmp_path / "ok.png"
+    Image.new("RGB", (32, 32)).save(img)
+    corrupt = _run_cli(str(broken), str(img))
+    assert corrupt.returncode == 1 and "sha256 does not match" in corrupt.stderr
+    assert len(corrupt.stderr.strip().splitlines()) == 1
+
+    os.remove(broken / "float32" / "stage_2.tflite")
+    missing = _run_cli(str(broken), str(img))
+    assert missing.returncode == 1 and "missing" in missing.stderr
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (16, 16)).save(small)
+    wrong = _run_cli(bundle["bundle"], str(small))
+    assert wrong.returncode == 1 and "16x16x3" in wrong.stderr
+    gray = tmp_path / "gray.png"
+    Image.new("L", (32, 32)).save(gray)
+    assert _run_cli(bundle["bundle"], str(gray)).returncode == 1
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a jpeg")
+    unreadable = _run_cli(bundle["bundle"], str(junk))
+    assert unreadable.returncode == 1 and "not a readable image" in unreadable.stderr
+    flag = _run_cli(bundle["bundle"], str(img), "--frobnicate")
+    assert flag.returncode == 1 and flag.stderr.startswith("error:")
+
+
+def test_latency_budget_picks_affordable_thresholds(bundle, tmp_path):
+    runner_module = _runner_module(bundle["bundle"])
+    runner = runner_module.CascadeRunner(bundle["bundle"])
+    cache = str(tmp_path / "latency.json")
+    chosen = runner.use_latency_budget(1e6, cache=cache)
+    assert os.path.exists(cache) and len(chosen["stage_ms"]) == 3
+    assert chosen["expected_ms"] <= 1e6
+    with pytest.raises(runner_module.BundleError):
+        runner.use_latency_budget(0.0, cache=cache)

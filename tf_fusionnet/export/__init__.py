@@ -1,0 +1,1 @@
+"""Export to TFLite stages and the on-device cascade runner."""

@@ -1,0 +1,209 @@
+"""Writing a deployable bundle: per-stage TFLite models, manifest, runner, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from tf_fusionnet.evaluation.budgeted import simulate, thresholds_for_budget
+from tf_fusionnet.evaluation.metrics import softmax
+from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data, run_logits
+from tf_fusionnet.export import cascade_runner
+from tf_fusionnet.export.stages import (
+    PRECISIONS,
+    convert_to_tflite,
+    exit_models,
+    representative_feed,
+    run_keras_stages,
+    stage_io_names,
+    stage_models,
+)
+
+
+def threshold_table(val_probs: np.ndarray, val_labels: np.ndarray, exit_macs: Sequence[float],
+                    num_budgets: int = 12) -> list[dict]:
+    """Thresholds fitted on validation for budgets spread from exit 1's cost to the last exit's."""
+    table = []
+    for budget in np.linspace(exit_macs[0], exit_macs[-1], num_budgets):
+        fitted = thresholds_for_budget(val_probs, val_labels, exit_macs, float(budget))
+        if fitted is None:
+            continue
+        val = fitted["val"]
+        table.append({
+            "budget_macs": float(budget),
+            "thresholds": [float(t) for t in fitted["thresholds"]],
+            "val_avg_macs": val.avg_macs,
+            "val_top1": val.top1,
+            "val_exit_shares": [c / max(1, len(val_labels)) for c in val.exit_counts],
+        })
+    return table
+
+
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message, flush=True)
+
+
+def export_bundle(
+    run_dir: str,
+    out_dir: str,
+    precisions: Sequence[str] = ("float32", "int8"),
+    standalone: bool = False,
+    checkpoint: str = "model",
+    calibration_images: int = 200,
+    report_images: int = 0,
+    dataset: str | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Exports a run as a bundle folder (see docs/export.md); returns the report.
+
+    Args:
+        precisions: any of "float32", "float16", "int8".
+        standalone: also write ``exit_k.tflite`` (image -> exit k) per precision.
+        calibration_images: training images (not validation) for int8 calibration.
+        report_images: test images for the accuracy checks (0: all).
+    """
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"--precision must be among {', '.join(PRECISIONS)}, got {p!r}")
+    start_time = time.time()
+    run = load_run(run_dir)
+    data, train_idx, val_idx = load_run_data(run, dataset)
+    model = load_checkpoint(run, checkpoint)
+    logits = run_logits(run, checkpoint, dataset=dataset, verbose=0)
+    mean = np.asarray(run.preprocessing["mean"], np.float32)
+    std = np.asarray(run.preprocessing["std"], np.float32)
+    normalize = lambda x: ((x.astype(np.float32) - mean) / std).astype(np.float32)
+
+    stages = stage_models(model)
+    num_exits = len(stages)
+    rng = np.random.default_rng(0)
+    calib_idx = np.sort(rng.choice(train_idx, size=min(calibration_images, len(train_idx)), replace=False))
+    calib_feeds = run_keras_stages(stages, normalize(data.train_images[calib_idx]))
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".tmp-bundle-", dir=parent)
+    try:
+        files: dict[str, list[str]] = {}
+        standalone_files: dict[str, list[str]] = {}
+        stage_specs = []
+        for k in range(num_exits):
+            inputs, outputs = stage_io_names(model, k)
+            stage_specs.append({"stage": k + 1, "signature": "serve", "inputs": inputs, "outputs": outputs,
+                                "input_shapes": [list(t.shape[1:]) for t in stages[k].inputs],
+                                "cumulative_macs": int(run.exit_macs[k])})
+        for precision in precisions:
+            os.makedirs(os.path.join(tmp_dir, precision))
+            files[precision] = []
+            for k, stage in enumerate(stages):
+                inputs, outputs = stage_io_names(model, k)
+                rep = representative_feed(inputs, calib_feeds[k]) if precision == "int8" else None
+                name = f"{precision}/stage_{k + 1}.tflite"
+                with open(os.path.join(tmp_dir, name), "wb") as f:
+                    f.write(convert_to_tflite(stage, inputs, outputs, precision, rep))
+                files[precision].append(name)
+                _log(verbose, f"  {name}")
+            if standalone:
+                standalone_files[precision] = []
+                for k, exit_model in enumerate(exit_models(model)):
+                    rep = representative_feed(["image"], calib_feeds[0]) if precision == "int8" else None
+                    name = f"{precision}/exit_{k + 1}.tflite"
+                    with open(os.path.join(tmp_dir, name), "wb") as f:
+                        f.write(convert_to_tflite(exit_model, ["image"], ["logits"], precision, rep))
+                    standalone_files[precision].append(name)
+                    _log(verbose, f"  {name}")
+
+        val_probs = softmax(logits["val_logits"])
+        table = threshold_table(val_probs, logits["val_labels"], run.exit_macs)
+        shutil.copy(cascade_runner.__file__, os.path.join(tmp_dir, "cascade_runner.py"))
+        all_files = [n for names in list(files.values()) + list(standalone_files.values()) for n in names]
+        all_files.append("cascade_runner.py")
+        manifest = {
+            "format_version": cascade_runner.FORMAT_VERSION,
+            "preset": run.preset,
+            "model_class": run.config.get("model_class"),
+            "num_exits": num_exits,
+            "input": {"name": "image", "shape": list(data.image_shape), "dtype": "uint8", "layout": "NHWC",
+                      "model_input_dtype": "float32",
+                      "preprocessing": "x = (pixel - mean) / std per channel, on 0..255 pixel values"},
+            "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+            "class_names": run.preprocessing.get("class_names"),
+            "exit_macs": [int(m) for m in run.exit_macs],
+            "stages": stage_specs,
+            "precisions": {
+                p: {"stages": files[p], "standalone": standalone_files.get(p, []),
+                    "quantization": {
+                        "float32": "none",
+                        "float16": "float16 weights, float32 compute and I/O",
+                        "int8": f"full-integer int8 weights and activations, float32 inputs/outputs at stage "
+                                f"boundaries (QUANTIZE/DEQUANTIZE inside TFLite); calibrated on "
+                                f"{len(calib_idx)} training-split images",
+                    }[p]}
+                for p in precisions
+            },
+            "thresholds": table,
+            "source_run": os.path.abspath(run_dir),
+            "checkpoint": checkpoint,
+            "sha256": {name: cascade_runner._sha256(os.path.join(tmp_dir, name)) for name in all_files},
+        }
+        with open(os.path.join(tmp_dir, cascade_runner.MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2)
+
+        report = _check_bundle(tmp_dir, precisions, standalone, data, logits, run.exit_macs, report_images, verbose)
+        report["export_seconds"] = round(time.time() - start_time, 1)
+        with open(os.path.join(tmp_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=".old-bundle-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "b"))
+            os.rename(tmp_dir, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp_dir, out_dir)
+    finally:
+        if os.path.exists(tmp_dir):
+            shutil.rmtree(tmp_dir)
+    return report
+
+
+def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, report_images, verbose) -> dict:
+    """Chained TFLite stages against Keras, and per-exit test accuracy of every precision."""
+    n = len(data.test_labels) if not report_images else min(report_images, len(data.test_labels))
+    images, labels = data.test_images[:n], data.test_labels[:n]
+    keras_logits = logits["test_logits"][:, :n]
+    keras_top1 = [float(np.mean(keras_logits[k].argmax(1) == labels)) for k in range(len(exit_macs))]
+    report: dict[str, Any] = {"test_images": int(n), "keras_top1": keras_top1, "precisions": {}}
+    for precision in precisions:
+        runner = cascade_runner.CascadeRunner(bundle, precision=precision, threads=2)
+        chained = runner.all_exit_logits(images)
+        entry = {
+            "top1": [float(np.mean(chained[k].argmax(1) == labels)) for k in range(len(exit_macs))],
+            "max_abs_logit_diff_vs_keras": [float(np.abs(chained[k] - keras_logits[k]).max())
+                                            for k in range(len(exit_macs))],
+        }
+        entry["top1_drop_vs_keras_points"] = [100 * (a - b) for a, b in zip(keras_top1, entry["top1"])]
+        if precision == "float32":
+            entry["within_1e-4"] = bool(max(entry["max_abs_logit_diff_vs_keras"]) <= 1e-4)
+        if standalone:
+            from ai_edge_litert.interpreter import Interpreter
+
+            diffs = []
+            x = runner.preprocess(images)
+            for k, name in enumerate(runner.manifest["precisions"][precision]["standalone"]):
+                interp = Interpreter(model_path=os.path.join(bundle, name), num_threads=2)
+                out = interp.get_signature_runner("serve")(image=x)["logits"]
+                diffs.append(float(np.abs(out - chained[k]).max()))
+            entry["standalone_max_abs_diff_vs_chained"] = diffs
+        report["precisions"][precision] = entry
+        _log(verbose, f"  {precision}: per-exit top-1 " + ", ".join(f"{100 * t:.2f}" for t in entry["top1"])
+             + f" (Keras " + ", ".join(f"{100 * t:.2f}" for t in keras_top1) + "); max |logit - Keras| "
+             + f"{max(entry['max_abs_logit_diff_vs_keras']):.2e}")
+    return report
