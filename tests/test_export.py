@@ -20,7 +20,7 @@ def bundle(tmp_path_factory):
     run_dir = str(base / "run")
     train(TrainConfig(preset="fusionnet-tiny", epochs=1, batch_size=64, verbose=0, output=run_dir))
     out = str(base / "bundle")
-    export_bundle(run_dir, out, precisions=("float32", "int8"), standalone=True, verbose=False)
+    export_bundle(run_dir, out, precisions=("float32", "float16", "int8"), standalone=True, verbose=False)
     return {"run": run_dir, "bundle": out}
 
 
@@ -58,6 +58,7 @@ def test_bundle_layout_manifest_and_report(bundle):
     assert f32["top1"] == pytest.approx(report["keras_top1"])
     assert max(f32["standalone_max_abs_diff_vs_chained"]) <= 1e-4
     assert len(report["precisions"]["int8"]["top1"]) == 3
+    assert max(report["precisions"]["float16"]["max_abs_logit_diff_vs_keras"]) < 0.1
     assert not [f for f in os.listdir(os.path.dirname(b)) if f.startswith(".tmp-")]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
+from tf_fusionnet.data.sources import ImageDataset, load_dataset
 from tf_fusionnet.data.split import SPLIT_FILE, load_split
 from tf_fusionnet.utils import atomic_path
 

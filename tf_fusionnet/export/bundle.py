@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_fusionnet.evaluation.budgeted import simulate, thresholds_for_budget
+from tf_fusionnet.evaluation.budgeted import thresholds_for_budget
 from tf_fusionnet.evaluation.metrics import softmax
 from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data, run_logits
 from tf_fusionnet.export import cascade_runner
@@ -204,6 +204,6 @@ def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, repor
             entry["standalone_max_abs_diff_vs_chained"] = diffs
         report["precisions"][precision] = entry
         _log(verbose, f"  {precision}: per-exit top-1 " + ", ".join(f"{100 * t:.2f}" for t in entry["top1"])
-             + f" (Keras " + ", ".join(f"{100 * t:.2f}" for t in keras_top1) + "); max |logit - Keras| "
+             + " (Keras " + ", ".join(f"{100 * t:.2f}" for t in keras_top1) + "); max |logit - Keras| "
              + f"{max(entry['max_abs_logit_diff_vs_keras']):.2e}")
     return report

@@ -1,0 +1,179 @@
+"""On-device latency of exported bundles: stages, chained cascade, whole model, budgets.
+
+    python benchmarks/cascade_latency.py --bundle bundles/fusionnet --bundle bundles/msdnet \
+        [--threads 1,2] [--precision float32,int8] [--images 300]
+
+For every bundle, precision and thread count (batch 1, LiteRT's CPU kernels):
+1. each stage's median latency, the chained stages to the last exit, and one whole-model
+   TFLite (all exits in one graph, converted here from the bundle's source run) for comparison;
+2. at every budget of the manifest, the measured mean latency per test image of the
+   early-exit cascade, beside the latency its average MACs predict (full chain x MAC share);
+3. int8 against float32: speed-up and per-exit top-1 (from the bundle's report.json).
+Writes benchmarks/results/cascade_latency.json.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_multi_string("bundle", None, "Bundle folder(s) written by export/to_tflite.py.")
+flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts.")
+flags.DEFINE_list("precision", ["float32", "int8"], "Precisions to measure (must be in the bundles).")
+flags.DEFINE_integer("repeats", 50, "Timed runs per stage (median reported).")
+flags.DEFINE_integer("images", 300, "Test images for the budget sweep.")
+flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file.")
+FLAGS = flags.FLAGS
+
+
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+_WHOLE_CACHE: dict = {}
+
+
+def whole_model_tflite(manifest: dict, precision: str) -> bytes:
+    """All exits in one TFLite graph, from the bundle's source run (same calibration data)."""
+    key = (manifest["source_run"], precision)
+    if key not in _WHOLE_CACHE:
+        _WHOLE_CACHE[key] = _convert_whole_model(manifest, precision)
+    return _WHOLE_CACHE[key]
+
+
+def _convert_whole_model(manifest: dict, precision: str) -> bytes:
+    from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data
+    from tf_fusionnet.export.stages import convert_to_tflite, representative_feed
+
+    run = load_run(manifest["source_run"])
+    model = load_checkpoint(run, manifest.get("checkpoint", "model"))
+    rep = None
+    if precision == "int8":
+        data, train_idx, _ = load_run_data(run)
+        idx = np.sort(np.random.default_rng(0).choice(train_idx, size=min(200, len(train_idx)), replace=False))
+        x = ((data.train_images[idx].astype(np.float32) - np.array(run.preprocessing["mean"], np.float32))
+             / np.array(run.preprocessing["std"], np.float32))
+        rep = representative_feed(["image"], [x])
+    names = [f"logits_{k + 1}" for k in range(len(model.outputs))]
+    return convert_to_tflite(model, ["image"], names, precision, rep)
+
+
+def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndarray, repeats: int) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tf_fusionnet.export.cascade_runner import CascadeRunner
+
+    runner = CascadeRunner(bundle, precision=precision, threads=threads)
+    manifest = runner.manifest
+    x = runner.preprocess(test_images[:1])
+    feeds = [{"image": x}]
+    for k in range(runner.num_exits - 1):
+        out = runner.runners[k](**feeds[-1])
+        out.pop("logits")
+        feeds.append(out)
+    stage_ms = [median_ms(lambda k=k: runner.runners[k](**feeds[k]), repeats) for k in range(runner.num_exits)]
+
+    def chained():
+        feed = {"image": x}
+        for r in runner.runners:
+            out = r(**feed)
+            out.pop("logits")
+            feed = out
+
+    chained_ms = median_ms(chained, repeats)
+    whole = Interpreter(model_content=whole_model_tflite(manifest, precision), num_threads=threads)
+    whole_runner = whole.get_signature_runner("serve")
+    whole_ms = median_ms(lambda: whole_runner(image=x), repeats)
+
+    full_macs = manifest["exit_macs"][-1]
+    budgets = []
+    for entry in manifest["thresholds"]:
+        runner.thresholds = list(entry["thresholds"])
+        runner.thresholds[-1] = float("-inf")
+        t0 = time.perf_counter()
+        results = [runner.classify(img)[0] for img in test_images]
+        mean_ms = (time.perf_counter() - t0) * 1e3 / len(test_images)
+        mean_macs = float(np.mean([r["macs"] for r in results]))
+        predicted_ms = chained_ms * mean_macs / full_macs
+        mac_saving = 1 - mean_macs / full_macs
+        time_saving = 1 - mean_ms / chained_ms
+        budgets.append({
+            "budget_macs": entry["budget_macs"], "mean_macs": mean_macs, "mean_ms": mean_ms,
+            "predicted_ms_from_macs": predicted_ms,
+            "share_of_mac_saving_realised": (time_saving / mac_saving) if mac_saving > 1e-9 else None,
+            "exit_counts": [sum(r["exit"] == k + 1 for r in results) for k in range(runner.num_exits)],
+        })
+    return {"bundle": bundle, "preset": manifest["preset"], "precision": precision, "threads": threads,
+            "stage_ms": stage_ms, "chained_ms": chained_ms, "whole_model_ms": whole_ms,
+            "chained_over_whole": chained_ms / whole_ms, "budgets": budgets}
+
+
+def main(argv):
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.export.cascade_runner import load_manifest
+    from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
+
+    if not FLAGS.bundle:
+        print("error: give at least one --bundle", file=sys.stderr)
+        return 2
+    rows = []
+    for bundle in FLAGS.bundle:
+        manifest = load_manifest(bundle)
+        from tf_fusionnet.evaluation.runs import load_run
+
+        run = load_run(manifest["source_run"])
+        test_images = load_dataset(run.config["train"]["dataset"]).test_images[:FLAGS.images]
+        report = json.load(open(os.path.join(bundle, "report.json")))
+        for precision in FLAGS.precision:
+            for threads in (int(t) for t in FLAGS.threads):
+                r = bench_bundle(bundle, precision, threads, test_images, FLAGS.repeats)
+                r["top1_per_exit"] = report["precisions"][precision]["top1"]
+                r["keras_top1_per_exit"] = report["keras_top1"]
+                rows.append(r)
+                print(f"{r['preset']:22s} {precision:7s} {threads}t  stages "
+                      + " ".join(f"{m:.2f}" for m in r["stage_ms"])
+                      + f" ms | chained {r['chained_ms']:.2f} ms, whole {r['whole_model_ms']:.2f} ms "
+                      f"({r['chained_over_whole']:.2f}x)", flush=True)
+                for b in r["budgets"]:
+                    share = b["share_of_mac_saving_realised"]
+                    print(f"    budget {b['budget_macs'] / 1e6:6.2f}M: {b['mean_macs'] / 1e6:6.2f}M MACs, "
+                          f"{b['mean_ms']:.2f} ms/img (MACs predict {b['predicted_ms_from_macs']:.2f}); "
+                          f"saving realised {'-' if share is None else f'{100 * share:.0f}%'}", flush=True)
+    speedups = []
+    for r in rows:
+        if r["precision"] != "int8":
+            continue
+        base = next((b for b in rows if b["bundle"] == r["bundle"] and b["threads"] == r["threads"]
+                     and b["precision"] == "float32"), None)
+        if base:
+            speedups.append({"preset": r["preset"], "threads": r["threads"],
+                             "int8_speedup_chained": base["chained_ms"] / r["chained_ms"],
+                             "max_top1_drop_points": max(100 * (a - b) for a, b in
+                                                         zip(base["top1_per_exit"], r["top1_per_exit"]))})
+    for s in speedups:
+        print(f"{s['preset']:22s} int8 vs float32, {s['threads']}t: {s['int8_speedup_chained']:.2f}x faster, "
+              f"largest per-exit top-1 drop {s['max_top1_drop_points']:.2f} points")
+    atomic_write_json(FLAGS.out, {"command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
+                                  "versions": library_versions(), "git_commit": git_commit(),
+                                  "results": rows, "int8_vs_float32": speedups})
+    print(f"wrote {FLAGS.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
