@@ -188,11 +188,13 @@ class CascadeRunner:
             for j in np.flatnonzero(done):
                 result[active[j]] = {"class": int(probs[j].argmax()), "confidence": float(confidence[j]),
                                      "exit": k + 1, "macs": self.exit_macs[k], "ms": elapsed / n}
-            keep = ~done
-            if not keep.any():
+            if done.all():
                 break
-            active = active[keep]
-            feed = {name: value[keep] for name, value in out.items()}
+            if done.any():  # only the images still undecided go on, with their feature maps
+                keep = ~done
+                active = active[keep]
+                out = {name: value[keep] for name, value in out.items()}
+            feed = out
         return result
 
     def _classify_one(self, x: np.ndarray, deadline_ms: float) -> dict:
