@@ -242,9 +242,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
         AtomicBackupAndRestore(os.path.join(run_dir, "backup")),
     ]
-    history = model.fit(
-        train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose
-    )
+    try:
+        history = model.fit(
+            train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose
+        )
+    except ValueError as error:
+        if config.strategy == "multiworker" and "PerReplica" in str(error):
+            # Seen with Keras 3.15 / TF 2.21 and two workers on localhost.
+            raise ValueError(
+                "Keras 3's model.fit cannot consume MultiWorkerMirroredStrategy input "
+                "(PerReplica values; upstream keras-team/keras#20585); use --strategy mirrored "
+                "on one machine"
+            ) from None
+        raise
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     if not logs:  # resumed a finished run: report its last logged epoch
         logs = _last_logged_epoch(os.path.join(run_dir, "log.csv"))
