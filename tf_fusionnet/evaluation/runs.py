@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 
 from tf_fusionnet.data.sources import ImageDataset, load_dataset
 from tf_fusionnet.data.split import SPLIT_FILE, load_split
+from tf_fusionnet.export.cascade_runner import sha256_file
 from tf_fusionnet.utils import atomic_path
 
 CHECKPOINTS = {"model": "model.keras", "best": "best.keras"}
@@ -101,14 +101,6 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
     return model
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_logits(
     run: Run, checkpoint: str = "model", batch_size: int = 500, dataset: str | None = None, verbose: Any = "auto"
 ) -> dict[str, np.ndarray]:
@@ -123,7 +115,7 @@ def run_logits(
     path = run.checkpoint_path(checkpoint)
     if not os.path.exists(path):
         raise RunError(f"{path}: missing (has the run finished an epoch?)")
-    key = file_sha256(path) + ":" + file_sha256(os.path.join(run.run_dir, SPLIT_FILE))
+    key = sha256_file(path) + ":" + sha256_file(os.path.join(run.run_dir, SPLIT_FILE))
     cache = os.path.join(run.eval_dir, f"logits_{checkpoint}.npz")
     if os.path.exists(cache):
         with np.load(cache) as stored:

@@ -151,7 +151,7 @@ def export_bundle(
             "thresholds": table,
             "source_run": os.path.abspath(run_dir),
             "checkpoint": checkpoint,
-            "sha256": {name: cascade_runner._sha256(os.path.join(tmp_dir, name)) for name in all_files},
+            "sha256": {name: cascade_runner.sha256_file(os.path.join(tmp_dir, name)) for name in all_files},
         }
         with open(os.path.join(tmp_dir, cascade_runner.MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)

@@ -35,7 +35,7 @@ class BundleError(Exception):
     """A bundle, an image or an argument the runner cannot use; the message is for the user."""
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -72,7 +72,7 @@ def verify_files(bundle: str, manifest: dict, names) -> None:
         expected = manifest["sha256"].get(name)
         if not os.path.exists(path):
             raise BundleError(f"{path}: missing from the bundle")
-        if expected is None or _sha256(path) != expected:
+        if expected is None or sha256_file(path) != expected:
             raise BundleError(f"{path}: sha256 does not match the manifest (corrupt or modified bundle)")
 
 
