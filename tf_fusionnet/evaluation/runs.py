@@ -102,12 +102,19 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
 
 
 def run_logits(
-    run: Run, checkpoint: str = "model", batch_size: int = 500, dataset: str | None = None, verbose: Any = "auto"
+    run: Run,
+    checkpoint: str = "model",
+    batch_size: int = 500,
+    dataset: str | None = None,
+    verbose: Any = "auto",
+    loaded: tuple | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-exit logits on validation and test, cached in ``RUN/eval/logits_<checkpoint>.npz``.
 
     The cache is keyed by the sha256 of the checkpoint and of the split file,
     so a re-trained model or another split is never served stale logits.
+    ``loaded``: ``(data, val_indices, model)`` a caller already has, so a cache
+    miss does not decode the dataset or load the checkpoint a second time.
 
     Returns a dict with ``val_logits``, ``test_logits`` (K, N, C) and
     ``val_labels``, ``test_labels`` (N,).
@@ -124,8 +131,11 @@ def run_logits(
 
     from tf_fusionnet.data.pipeline import make_eval_dataset
 
-    data, _, val_idx = load_run_data(run, dataset)
-    model = load_checkpoint(run, checkpoint)
+    if loaded is None:
+        data, _, val_idx = load_run_data(run, dataset)
+        model = load_checkpoint(run, checkpoint)
+    else:
+        data, val_idx, model = loaded
     mean, std = run.preprocessing["mean"], run.preprocessing["std"]
 
     def predict(images):

@@ -76,7 +76,7 @@ def export_bundle(
     run = load_run(run_dir)
     data, train_idx, val_idx = load_run_data(run, dataset)
     model = load_checkpoint(run, checkpoint)
-    logits = run_logits(run, checkpoint, dataset=dataset, verbose=0)
+    logits = run_logits(run, checkpoint, dataset=dataset, verbose=0, loaded=(data, val_idx, model))
     mean = np.asarray(run.preprocessing["mean"], np.float32)
     std = np.asarray(run.preprocessing["std"], np.float32)
     normalize = lambda x: ((x.astype(np.float32) - mean) / std).astype(np.float32)
