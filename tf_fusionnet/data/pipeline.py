@@ -163,7 +163,6 @@ def make_eval_dataset(
 ) -> tf.data.Dataset:
     """Normalised batches in order. With ``num_classes`` and ``num_exits``, yields
     ``(image, (one_hot,) * num_exits)`` for ``model.fit`` validation; otherwise images only."""
-    ds = tf.data.Dataset.from_tensor_slices(images)
     if labels is not None and num_classes is not None and num_exits is not None:
         ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
         ds = ds.batch(batch_size).map(
@@ -172,5 +171,6 @@ def make_eval_dataset(
         )
         ds = ds.map(_repeat_labels(num_exits), num_parallel_calls=AUTOTUNE)
     else:
+        ds = tf.data.Dataset.from_tensor_slices(images)
         ds = ds.batch(batch_size).map(lambda x: _normalize(x, mean, std), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

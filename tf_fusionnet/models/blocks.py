@@ -316,7 +316,7 @@ def build_multi_exit_outputs(
     return outputs, block_states
 
 
-def validate_image_shape(image_shape: Sequence[int], num_scales: int) -> tuple[int, int, int]:
+def validate_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     """Checks an (H, W, C) input shape and returns it as a tuple of ints."""
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (height, width, channels), got {tuple(image_shape)}.")

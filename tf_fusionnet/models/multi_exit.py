@@ -18,7 +18,7 @@ class _MultiExitNetwork(keras.Model):
     """Shared constructor plumbing; use :class:`MSDNet` or :class:`FusionNet`."""
 
     def _build(self, config: dict[str, Any], name: str | None, **kwargs):
-        image_shape = validate_image_shape(config["image_shape"], len(config["gr_factor"]))
+        image_shape = validate_image_shape(config["image_shape"])
         inputs = keras.Input(shape=image_shape, name="image")
         outputs, block_states = build_multi_exit_outputs(
             inputs,
