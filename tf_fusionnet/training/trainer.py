@@ -244,7 +244,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     ]
     try:
         history = model.fit(
-            train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose
+            train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose,
+            shuffle=False,  # make_train_dataset shuffles; Keras would only warn that it ignores this
         )
     except ValueError as error:
         if config.strategy == "multiworker" and "PerReplica" in str(error):
