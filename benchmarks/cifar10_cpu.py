@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # oneDNN kernels are off by default on non-Intel x86 CPUs; on: 1.6x faster training (docs/training.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import csv
 import json
 import shutil
 import subprocess
@@ -139,6 +140,11 @@ def write_report(out: str) -> str:
                 row += " - |" if ms is None else f" {ms:.2f} |"
         lines.append(row)
 
+    lines += ["", "Training wall clock (2 CPU cores): " + "; ".join(
+        f"{p}: {summary['wall_clock_seconds'].get(f'train {p}', 0) / 60:.0f} min"
+        + (f" ({sum(m['train_epoch_seconds']) / 60:.0f} min in {len(m['train_epoch_seconds'])} epochs)"
+           if m.get("train_epoch_seconds") else "")
+        for p, m in ((cand, cand_m), (base, base_m))) + "."]
     ratio = cand_m["anytime"][-1]["macs"] / base_m["anytime"][-1]["macs"]
     lines += ["", "Goal checks:", "",
               f"- Anytime, {cand} minus {base} at {cand}'s exits: "
@@ -175,8 +181,17 @@ def main(argv):
               "--val_size", str(val_size), "--seed", "0", "--verbose", "2",
               "--inter_op_threads", "2", "--intra_op_threads", "1"]
     runs = {p: os.path.join(FLAGS.work, p) for p in presets}
+    # Training resumes where an earlier invocation stopped (train.py's BackupAndRestore), so its
+    # wall clock is summed over invocations in WORK/timings.json.
+    os.makedirs(FLAGS.work, exist_ok=True)
+    timings_path = os.path.join(FLAGS.work, "timings.json")
+    spent = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
     for preset, run in runs.items():
-        timings[f"train {preset}"] = _run([sys.executable, "train.py", "--preset", preset, "--output", run, *recipe])
+        key = f"train {preset}"
+        spent[key] = round(spent.get(key, 0.0) + _run([sys.executable, "train.py", "--preset", preset,
+                                                        "--output", run, *recipe]), 1)
+        atomic_write_json(timings_path, spent)
+        timings[key] = spent[key]
     timings["evaluate"] = _run([sys.executable, "evaluate.py", *sum((["--run", r] for r in runs.values()), []),
                                 "--out", FLAGS.out])
     bundles = {p: os.path.join(FLAGS.work, f"bundle-{p}") for p in presets}
@@ -212,6 +227,10 @@ def main(argv):
             os.makedirs(os.path.join(FLAGS.out, preset), exist_ok=True)
             shutil.copy(os.path.join(eval_dir, name), os.path.join(FLAGS.out, preset, name))
         shutil.copy(os.path.join(run, "log.csv"), os.path.join(FLAGS.out, preset, "log.csv"))
+        with open(os.path.join(run, "log.csv")) as f:
+            epoch_seconds = [row.get("epoch_seconds") for row in csv.DictReader(f)]
+        summary["models"][preset]["train_epoch_seconds"] = (
+            [float(t) for t in epoch_seconds] if all(epoch_seconds) else None)
     atomic_write_json(os.path.join(FLAGS.out, "summary.json"), summary)
     for preset, m in summary["models"].items():
         print(f"{preset}: top-1 per exit " + ", ".join(f"{100 * e['top1']:.1f}" for e in m["anytime"])

@@ -56,6 +56,7 @@ def test_train_end_to_end_on_embedded_sample(tmp_path):
     assert config["num_train_images"] == 450 and config["num_val_images"] == 50
     rows = _log_rows(run)
     assert [r["epoch"] for r in rows] == ["1"]
+    assert 0 < float(rows[0]["epoch_seconds"]) < 600
     for k in (1, 2, 3):
         assert f"exit_{k}_accuracy" in rows[0] and f"val_exit_{k}_accuracy" in rows[0]
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import time
 
 import keras
 
@@ -43,11 +44,17 @@ class EpochCSVLog(keras.callbacks.Callback):
     """``log.csv``: one row per finished epoch (1-based ``epoch`` column), rewritten atomically.
 
     Rows of epochs that are trained again after a resume replace the old ones.
+    ``epoch_seconds`` is the epoch's wall clock, its validation pass included, so a run's
+    training time is the column's sum whatever the number of restarts.
     """
 
     def __init__(self, path: str):
         super().__init__()
         self.path = path
+        self._epoch_start: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
 
     def _read_rows(self) -> list[dict[str, str]]:
         if not os.path.exists(self.path):
@@ -57,6 +64,8 @@ class EpochCSVLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": str(epoch + 1)}
+        if self._epoch_start is not None:
+            row["epoch_seconds"] = f"{time.perf_counter() - self._epoch_start:.1f}"
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:  # the rate the epoch ended with
             row["lr"] = f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}"
