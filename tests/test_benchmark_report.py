@@ -42,32 +42,33 @@ def _write_results(out, cand_exits, base_exits, cand_points, base_points):
 
 def test_report_compares_at_the_candidates_costs(bench, tmp_path):
     _write_results(tmp_path,
-                   cand_exits=[(10e6, 0.50), (20e6, 0.60), (30e6, 0.70)],
-                   base_exits=[(12e6, 0.45), (24e6, 0.60), (36e6, 0.72)],
-                   cand_points=[(20e6, 0.62), (40e6, 0.70)],
-                   base_points=[(15e6, 0.50), (45e6, 0.74)])
+                   cand_exits=[(10e6, 0.50), (25e6, 0.60), (45e6, 0.70)],
+                   base_exits=[(12e6, 0.45), (30e6, 0.60), (50e6, 0.72)],
+                   cand_points=[(15e6, 0.58), (35e6, 0.68)],
+                   base_points=[(18e6, 0.55), (40e6, 0.68)])
     text = bench.write_report(str(tmp_path))
     assert (tmp_path / "results.md").read_text() == text
-    # base at 20M: 0.45 + 8/12 * 0.15 = 0.55; at 30M: 0.66; exit 1 (10M) is below base's range.
-    assert "| 2 | 20.00 | 60.00 | 24.00 | 60.00 | 55.00 | +5.00 |" in text
-    assert "| 3 | 30.00 | 70.00 | 36.00 | 72.00 | 66.00 | +4.00 |" in text
+    # base at 25M: 0.45 + 13/18 * 0.15 = 0.5583; at 45M: 0.69; exit 1 (10M) is below base's range.
     assert "| 1 | 10.00 | 50.00 | 12.00 | 45.00 | - | - |" in text
-    assert "+5.00, +4.00 points (2 of 2 at or above)" in text
-    # budgeted: base at 20M = 0.5 + 5/30 * 0.24 = 0.54 (+8.00); at 40M = 0.70 (+0.00).
-    assert "2 at or above, difference from +0.00 to +8.00 points" in text
-    # 40M row: both top-1 0.70, cascade ms at 40M = 1 + 25/30 * 3 = 3.50; 60M is outside.
-    assert "| 40M | 70.00 | 3.50 | 3.50 | 70.00 | 3.50 | 3.50 |" in text
+    assert "| 2 | 25.00 | 60.00 | 30.00 | 60.00 | 55.83 | +4.17 |" in text
+    assert "| 3 | 45.00 | 70.00 | 50.00 | 72.00 | 69.00 | +1.00 |" in text
+    assert "+4.17, +1.00 points (2 of 2 at or above)" in text
+    # budgeted, base's curve closed by its exits: at 15M 0.50 (+8.00), at 35M 0.6505 (+2.95).
+    assert "2 at or above, difference from +2.95 to +8.00 points" in text
+    # 40M: cand between its last point (35M) and its last exit (45M); cascade ms 1 + 25/30 * 3.
+    assert "| 20M | 60.50 | 1.50 | 1.50 | 56.18 | 1.50 | 1.50 |" in text
+    assert "| 40M | 69.00 | 3.50 | 3.50 | 68.00 | 3.50 | 3.50 |" in text
     assert "| 60M | - | - | - | - | - | - |" in text
-    assert "30.00M / 36.00M MACs = 0.833x (goal <= 0.85x: met)" in text
+    assert "45.00M / 50.00M MACs = 0.900x (goal <= 0.85x: not met)" in text
     assert "cand: 2 min (2 min in 2 epochs); base: 5 min." in text
 
 
-def test_report_says_when_the_goal_is_missed(bench, tmp_path):
+def test_report_says_when_the_candidate_is_behind(bench, tmp_path):
     _write_results(tmp_path,
                    cand_exits=[(20e6, 0.50), (35e6, 0.60)],
-                   base_exits=[(15e6, 0.52), (40e6, 0.70)],
+                   base_exits=[(15e6, 0.52), (45e6, 0.70)],
                    cand_points=[(30e6, 0.55)], base_points=[(10e6, 0.40), (50e6, 0.80)])
     text = bench.write_report(str(tmp_path))
-    assert "(0 of 2 at or above)" in text
-    assert "0 at or above, difference from -5.00 to -5.00 points" in text
-    assert "35.00M / 40.00M MACs = 0.875x (goal <= 0.85x: not met)" in text
+    assert "-5.00, -4.00 points (0 of 2 at or above)" in text
+    assert "0 at or above, difference from -6.00 to -6.00 points" in text
+    assert "35.00M / 45.00M MACs = 0.778x (goal <= 0.85x: met)" in text
