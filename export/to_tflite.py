@@ -9,7 +9,7 @@ pillow`, and run `python BUNDLE/cascade_runner.py IMAGES... --budget MACS`.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN kernels are off by default on non-Intel x86 CPUs; on: 1.6x faster training (docs/training.md).
+# TF leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX (e.g. AMD Zen 3); on: 1.6x faster training.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import sys
