@@ -171,6 +171,13 @@ def write_report(out: str) -> str:
               if budget_deltas else "- Budgeted: no overlapping cost range.",
               f"- Last exit: {cand_m['anytime'][-1]['macs'] / 1e6:.2f}M / {base_m['anytime'][-1]['macs'] / 1e6:.2f}M "
               f"MACs = {ratio:.3f}x (goal <= 0.85x: {'met' if ratio <= 0.85 else 'not met'}).", ""]
+    paired = summary.get("paired_exit_differences")
+    if paired:
+        errors = [100 * p["standard_error"] for p in paired]
+        lines[-1:] = [f"- Noise: on the same test images, the top-1 difference between the two models' "
+                      f"same-numbered exits has a paired standard error of {min(errors):.2f} to {max(errors):.2f} "
+                      f"points, so differences smaller than about {2 * max(errors):.1f} points (two standard "
+                      "errors) are not resolved by this test set.", ""]
     text = "\n".join(lines)
     atomic_write_text(os.path.join(out, "results.md"), text)
     return text
@@ -181,7 +188,9 @@ def main(argv):
         print(write_report(FLAGS.out))
         return 0
     from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.evaluation.metrics import paired_difference
     from tf_fusionnet.evaluation.plots import plot_curves
+    from tf_fusionnet.evaluation.runs import load_run, run_logits
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
     presets = ["fusionnet-tiny", "msdnet-tiny"] if FLAGS.smoke else FLAGS.presets
@@ -237,6 +246,16 @@ def main(argv):
             epoch_seconds = [row.get("epoch_seconds") for row in csv.DictReader(f)]
         summary["models"][preset]["train_epoch_seconds"] = (
             [float(t) for t in epoch_seconds] if all(epoch_seconds) else None)
+    # How far apart two ~80% classifiers land on the same test images by chance: the scale
+    # against which the matched-cost differences in results.md are read.
+    cand_run, base_run = (load_run(r) for r in list(runs.values())[:2])
+    cand_logits, base_logits = run_logits(cand_run, verbose=0), run_logits(base_run, verbose=0)
+    labels = cand_logits["test_labels"]
+    summary["paired_exit_differences"] = []
+    for k in range(min(len(cand_logits["test_logits"]), len(base_logits["test_logits"]))):
+        diff, se = paired_difference(cand_logits["test_logits"][k].argmax(-1) == labels,
+                                     base_logits["test_logits"][k].argmax(-1) == labels)
+        summary["paired_exit_differences"].append({"exit": k + 1, "top1_difference": diff, "standard_error": se})
     atomic_write_json(os.path.join(FLAGS.out, "summary.json"), summary)
     print(write_report(FLAGS.out))
     print(f"wrote {FLAGS.out}/ (summary.json, results.md, anytime.png, budgeted.png, cascade_ms.png)")

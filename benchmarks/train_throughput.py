@@ -100,6 +100,7 @@ def main(argv):
         "command": "python " + " ".join(sys.argv),
         "cpu_count": os.cpu_count(),
         "jit_compile": FLAGS.jit_compile,
+        "tf_enable_onednn_opts": os.environ["TF_ENABLE_ONEDNN_OPTS"],
         "versions": library_versions(),
         "git_commit": git_commit(),
         "results": results,

@@ -60,6 +60,7 @@ def test_report_compares_at_the_candidates_costs(bench, tmp_path):
     assert "| 40M | 69.00 | 3.50 | 3.50 | 68.00 | 3.50 | 3.50 |" in text
     assert "| 60M | - | - | - | - | - | - |" in text
     assert "45.00M / 50.00M MACs = 0.900x (goal <= 0.85x: not met)" in text
+    assert "Noise" not in text  # no paired errors in this summary: no line made up
     assert "cand: 2 min (2 min in 2 epochs); base: 5 min." in text
 
 
@@ -72,3 +73,15 @@ def test_report_says_when_the_candidate_is_behind(bench, tmp_path):
     assert "-5.00, -4.00 points (0 of 2 at or above)" in text
     assert "0 at or above, difference from -6.00 to -6.00 points" in text
     assert "35.00M / 45.00M MACs = 0.778x (goal <= 0.85x: met)" in text
+
+
+def test_report_gives_the_noise_scale(bench, tmp_path):
+    _write_results(tmp_path, cand_exits=[(20e6, 0.50)], base_exits=[(15e6, 0.52), (45e6, 0.70)],
+                   cand_points=[(30e6, 0.55)], base_points=[(10e6, 0.40), (50e6, 0.80)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary["paired_exit_differences"] = [{"exit": 1, "top1_difference": -0.02, "standard_error": 0.0034},
+                                          {"exit": 2, "top1_difference": 0.01, "standard_error": 0.0036}]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = bench.write_report(str(tmp_path))
+    assert "paired standard error of 0.34 to 0.36 points" in text
+    assert "smaller than about 0.7 points" in text

@@ -16,7 +16,13 @@ from tf_fusionnet.evaluation.budgeted import (
     simulate,
     thresholds_for_budget,
 )
-from tf_fusionnet.evaluation.metrics import expected_calibration_error, fit_temperature, softmax, topk_accuracy
+from tf_fusionnet.evaluation.metrics import (
+    expected_calibration_error,
+    fit_temperature,
+    paired_difference,
+    softmax,
+    topk_accuracy,
+)
 
 INF = math.inf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,6 +179,17 @@ def test_metrics():
     assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
     wrong = np.array([[0.9, 0.1], [0.9, 0.1]])
     assert expected_calibration_error(wrong, np.array([1, 1])) == pytest.approx(0.9)
+
+
+def test_paired_difference():
+    # Differences 0, 1, 0, 1: mean 0.5, sample std sqrt(1/3), standard error sqrt(1/3) / 2.
+    mean, se = paired_difference(np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 0], bool))
+    assert mean == pytest.approx(0.5) and se == pytest.approx(math.sqrt(1 / 3) / 2)
+    # Two models right on the same images: no difference and no uncertainty, whatever the accuracy.
+    same = np.array([1, 0, 1, 1, 0], bool)
+    assert paired_difference(same, same) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference(np.ones(3, bool), np.ones(4, bool))
 
 
 def test_temperature_scaling_recovers_a_known_temperature():

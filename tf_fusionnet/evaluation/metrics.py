@@ -56,3 +56,17 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             b = lo + ratio * (hi - lo)
             fb = negative_log_likelihood(logits, labels, np.exp(b))
     return float(np.exp((lo + hi) / 2))
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float]:
+    """Accuracy of a minus accuracy of b on the same examples, and its standard error.
+
+    correct_a, correct_b: (N,) booleans, whether each model got each example right. Pairing
+    uses that both models see the same images: the error depends only on how often they
+    disagree, and is smaller than for two independent test sets.
+    """
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two equal-length 1-D arrays of >= 2 examples, got {a.shape} and {b.shape}")
+    diff = a - b
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
