@@ -138,8 +138,8 @@ def write_report(out: str) -> str:
         lines[-1] += (f"{b['macs'] / 1e6:.2f} | {_pct(b['top1'])} | " if b else "- | - | ")
         lines[-1] += f"{_pct(matched)} | {_delta(c['top1'] if c else None, matched)} |"
 
-    budget_deltas = [y - interpolate(*extended[base], x) for x, y in zip(*budgeted[cand])
-                     if interpolate(*extended[base], x) is not None]
+    base_at_cand = [(y, interpolate(*extended[base], x)) for x, y in zip(*budgeted[cand])]
+    budget_deltas = [y - matched for y, matched in base_at_cand if matched is not None]
     lines += ["", f"Budgeted batch classification (thresholds fitted on the {num_val:,} validation images) and the "
               "cascade runner on the exported bundles (1 thread, batch 1; ms interpolated at the budget):", "",
               "| average MACs | " + " | ".join(f"{p} top-1 | {p} float32 ms | {p} int8 ms" for p in (cand, base)) + " |",
@@ -170,14 +170,15 @@ def write_report(out: str) -> str:
               f"{100 * min(budget_deltas):+.2f} to {100 * max(budget_deltas):+.2f} points."
               if budget_deltas else "- Budgeted: no overlapping cost range.",
               f"- Last exit: {cand_m['anytime'][-1]['macs'] / 1e6:.2f}M / {base_m['anytime'][-1]['macs'] / 1e6:.2f}M "
-              f"MACs = {ratio:.3f}x (goal <= 0.85x: {'met' if ratio <= 0.85 else 'not met'}).", ""]
+              f"MACs = {ratio:.3f}x (goal <= 0.85x: {'met' if ratio <= 0.85 else 'not met'})."]
     paired = summary.get("paired_exit_differences")
     if paired:
         errors = [100 * p["standard_error"] for p in paired]
-        lines[-1:] = [f"- Noise: on the same test images, the top-1 difference between the two models' "
-                      f"same-numbered exits has a paired standard error of {min(errors):.2f} to {max(errors):.2f} "
-                      f"points, so differences smaller than about {2 * max(errors):.1f} points (two standard "
-                      "errors) are not resolved by this test set.", ""]
+        lines.append(f"- Noise: on the same test images, the top-1 difference between the two models' "
+                     f"same-numbered exits has a paired standard error of {min(errors):.2f} to {max(errors):.2f} "
+                     f"points, so differences smaller than about {2 * max(errors):.1f} points (two standard "
+                     "errors) are not resolved by this test set.")
+    lines.append("")
     text = "\n".join(lines)
     atomic_write_text(os.path.join(out, "results.md"), text)
     return text
