@@ -90,10 +90,13 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
     if not os.path.exists(path):
         raise RunError(f"{path}: missing (has the run finished an epoch?)")
     try:
-        model = keras.saving.load_model(path, safe_mode=True)
+        # compile=False: evaluation needs no optimizer (nor the training package's TorchSGD).
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:
         raise RunError(f"{path}: not a loadable Keras model ({str(error).splitlines()[0][:200]})") from None
-    expected = {k: v for k, v in run.config["model_config"].items() if k not in ("name", "trainable")}
+    # A run written before an architecture argument existed was built with its legacy value.
+    saved = {**getattr(type(model), "_LEGACY_DEFAULTS", {}), **run.config["model_config"]}
+    expected = {k: v for k, v in saved.items() if k not in ("name", "trainable")}
     actual = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable")}
     if type(model).__name__ != run.config.get("model_class", type(model).__name__) or actual != expected:
         raise RunError(f"{path}: this checkpoint is not the {run.preset!r} model of {run.run_dir} "

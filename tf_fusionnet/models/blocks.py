@@ -14,10 +14,56 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from keras import layers
+from keras import initializers, layers
 
 BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1 expressed the Keras way.
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm default.
+
+INITIALIZERS = ("pytorch", "msdnet", "keras")
+TRANSITIONS = ("fusionnet", "msdnet")
+
+
+def conv_initializer(scheme: str, depthwise: bool = False) -> initializers.Initializer:
+    """Kernel initializer of a convolution under an initialisation scheme.
+
+    ``"pytorch"``: PyTorch's default ``kaiming_uniform_(a=sqrt(5))``, i.e.
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)). This is what the official MSDNet code
+    actually runs: its ``_init_weights`` is called on the direct children of
+    each block's ``nn.Sequential`` (MSDNet layers, not ``Conv2d``), so it never
+    reaches a convolution (see docs/architecture.md).
+    ``"msdnet"``: what that ``_init_weights`` declares, normal(0, sqrt(2 / n))
+    with PyTorch's ``n = k * k * out_channels``.
+    ``"keras"``: Keras's truncated ``he_normal`` (fan-in), this project's old default.
+
+    Keras counts a depthwise kernel ``(k, k, C, 1)`` as fan_in ``k*k*C`` and
+    fan_out ``k*k``; PyTorch's weight ``(C, 1, k, k)`` has fan_in ``k*k`` and
+    ``n = k*k*C``: hence the swapped modes.
+    """
+    if scheme == "pytorch":
+        return initializers.VarianceScaling(1.0 / 3.0, "fan_out" if depthwise else "fan_in", "uniform")
+    if scheme == "msdnet":
+        return initializers.VarianceScaling(2.0, "fan_in" if depthwise else "fan_out", "untruncated_normal")
+    if scheme == "keras":
+        return initializers.HeNormal()
+    raise ValueError(f"Unknown initializer {scheme!r}; expected one of {', '.join(INITIALIZERS)}.")
+
+
+def dense_initializers(scheme: str, fan_in: int) -> tuple[initializers.Initializer, initializers.Initializer]:
+    """(kernel, bias) initializers of an exit's Dense layer.
+
+    ``"pytorch"``: ``nn.Linear``'s default, kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    ``"msdnet"``: the same kernel, zero bias (what the official ``_init_weights`` declares).
+    ``"keras"``: Glorot uniform kernel, zero bias.
+    """
+    torch_kernel = initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+    if scheme == "pytorch":
+        bound = 1.0 / math.sqrt(fan_in)
+        return torch_kernel, initializers.RandomUniform(-bound, bound)
+    if scheme == "msdnet":
+        return torch_kernel, initializers.Zeros()
+    if scheme == "keras":
+        return initializers.GlorotUniform(), initializers.Zeros()
+    raise ValueError(f"Unknown initializer {scheme!r}; expected one of {', '.join(INITIALIZERS)}.")
 
 
 def apply_conv_bn_relu(
@@ -26,6 +72,7 @@ def apply_conv_bn_relu(
     kernel_size: int,
     strides: int = 1,
     name: str = "conv",
+    initializer: str = "pytorch",
 ):
     """Conv (no bias) -> BN -> ReLU; MSDNet's ``ConvBasic``."""
     x = layers.Conv2D(
@@ -34,7 +81,7 @@ def apply_conv_bn_relu(
         strides=strides,
         padding="same",
         use_bias=False,
-        kernel_initializer="he_normal",
+        kernel_initializer=conv_initializer(initializer),
         name=f"{name}_conv",
     )(x)
     x = layers.BatchNormalization(
@@ -43,21 +90,23 @@ def apply_conv_bn_relu(
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def apply_depthwise_separable(x, filters: int, strides: int = 1, name: str = "dwsep"):
+def apply_depthwise_separable(
+    x, filters: int, strides: int = 1, name: str = "dwsep", initializer: str = "pytorch"
+):
     """3x3 depthwise conv -> BN -> ReLU -> 1x1 pointwise conv -> BN -> ReLU."""
     x = layers.DepthwiseConv2D(
         3,
         strides=strides,
         padding="same",
         use_bias=False,
-        depthwise_initializer="he_normal",
+        depthwise_initializer=conv_initializer(initializer, depthwise=True),
         name=f"{name}_dw",
     )(x)
     x = layers.BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_dw_bn"
     )(x)
     x = layers.ReLU(name=f"{name}_dw_relu")(x)
-    return apply_conv_bn_relu(x, filters, 1, name=f"{name}_pw")
+    return apply_conv_bn_relu(x, filters, 1, name=f"{name}_pw", initializer=initializer)
 
 
 def apply_bottleneck_conv(
@@ -67,6 +116,7 @@ def apply_bottleneck_conv(
     strides: int,
     bottleneck: bool = True,
     name: str = "convbn",
+    initializer: str = "pytorch",
 ):
     """MSDNet's ``ConvBN``: optional 1x1 bottleneck, then a 3x3 conv.
 
@@ -75,11 +125,13 @@ def apply_bottleneck_conv(
     if bottleneck:
         in_channels = x.shape[-1]
         inner = min(in_channels, bottleneck_factor * filters)
-        x = apply_conv_bn_relu(x, inner, 1, name=f"{name}_1x1")
-    return apply_conv_bn_relu(x, filters, 3, strides=strides, name=f"{name}_3x3")
+        x = apply_conv_bn_relu(x, inner, 1, name=f"{name}_1x1", initializer=initializer)
+    return apply_conv_bn_relu(x, filters, 3, strides=strides, name=f"{name}_3x3", initializer=initializer)
 
 
-def apply_msdnet_stem(x, scale_channels: Sequence[int], name: str = "stem"):
+def apply_msdnet_stem(
+    x, scale_channels: Sequence[int], name: str = "stem", initializer: str = "pytorch"
+):
     """MSDNet's CIFAR first layer: one 3x3 conv per scale, each from the previous.
 
     Scale 1 keeps the input resolution; each further scale halves it.
@@ -87,7 +139,8 @@ def apply_msdnet_stem(x, scale_channels: Sequence[int], name: str = "stem"):
     features = []
     for s, channels in enumerate(scale_channels):
         x = apply_conv_bn_relu(
-            x, channels, 3, strides=1 if s == 0 else 2, name=f"{name}_s{s + 1}"
+            x, channels, 3, strides=1 if s == 0 else 2, name=f"{name}_s{s + 1}",
+            initializer=initializer,
         )
         features.append(x)
     return features
@@ -99,6 +152,7 @@ def apply_efficient_stem(
     stem_channels: int,
     stem_stride: int = 2,
     name: str = "stem",
+    initializer: str = "pytorch",
 ):
     """FusionNet's efficient stem, then one strided 3x3 conv per coarser scale.
 
@@ -107,16 +161,17 @@ def apply_efficient_stem(
     which gives scale 1. Scales 2.. come from strided 3x3 convs as in MSDNet
     (the paper's h~_1^2 and h~_1^3).
     """
-    first = apply_conv_bn_relu(x, stem_channels, 3, name=f"{name}_conv1")
-    y = apply_depthwise_separable(first, stem_channels, name=f"{name}_dwsep2")
-    y = apply_conv_bn_relu(y, stem_channels, 1, name=f"{name}_conv3")
+    init = dict(initializer=initializer)
+    first = apply_conv_bn_relu(x, stem_channels, 3, name=f"{name}_conv1", **init)
+    y = apply_depthwise_separable(first, stem_channels, name=f"{name}_dwsep2", **init)
+    y = apply_conv_bn_relu(y, stem_channels, 1, name=f"{name}_conv3", **init)
     y = layers.Add(name=f"{name}_residual")([first, y])
     y = apply_depthwise_separable(
-        y, scale_channels[0], strides=stem_stride, name=f"{name}_dwsep4"
+        y, scale_channels[0], strides=stem_stride, name=f"{name}_dwsep4", **init
     )
     features = [y]
     for s in range(1, len(scale_channels)):
-        y = apply_conv_bn_relu(y, scale_channels[s], 3, strides=2, name=f"{name}_s{s + 1}")
+        y = apply_conv_bn_relu(y, scale_channels[s], 3, strides=2, name=f"{name}_s{s + 1}", **init)
         features.append(y)
     return features
 
@@ -132,6 +187,8 @@ def apply_msd_layer(
     bottleneck: bool,
     fusion: bool,
     name: str,
+    read_dropped_scale: bool = True,
+    initializer: str = "pytorch",
 ):
     """One multi-scale dense layer.
 
@@ -145,6 +202,13 @@ def apply_msd_layer(
             the state of scale s-1 *after* this layer (it includes x_l^{s-1}),
             so scales are computed fine to coarse. MSDNet reads the state after
             the previous layer.
+        read_dropped_scale: at a layer that drops a scale (``discard`` 1),
+            whether the new finest scale still reads the dropped one through a
+            strided conv (MSDNet). False is the paper's transition, "equivalent
+            to the original version, except it disregards the previous scale":
+            MSDNet's down + normal pair without its down half, so the new
+            finest scale grows by the normal path's ``growth_rate * gr_factor[s] // 2``
+            channels from its own state only.
 
     Returns:
         The new states of the written scales, finest first.
@@ -155,9 +219,12 @@ def apply_msd_layer(
         s = first_scale + i
         current = features[i + discard]
         new_channels = growth_rate * gr_factor[s]
-        if i == 0 and discard == 0:
+        init = dict(initializer=initializer)
+        if i == 0 and (discard == 0 or not read_dropped_scale):
+            if discard:  # MSDNet's down+normal pair less its down half
+                new_channels //= 2
             normal = apply_bottleneck_conv(
-                current, new_channels, bn_factor[s], 1, bottleneck, name=f"{name}_s{s + 1}_normal"
+                current, new_channels, bn_factor[s], 1, bottleneck, name=f"{name}_s{s + 1}_normal", **init
             )
             outputs.append(layers.Concatenate(name=f"{name}_s{s + 1}_cat")([current, normal]))
             continue
@@ -166,10 +233,10 @@ def apply_msd_layer(
         else:
             previous = features[i + discard - 1]
         down = apply_bottleneck_conv(
-            previous, new_channels // 2, bn_factor[s - 1], 2, bottleneck, name=f"{name}_s{s + 1}_down"
+            previous, new_channels // 2, bn_factor[s - 1], 2, bottleneck, name=f"{name}_s{s + 1}_down", **init
         )
         normal = apply_bottleneck_conv(
-            current, new_channels // 2, bn_factor[s], 1, bottleneck, name=f"{name}_s{s + 1}_normal"
+            current, new_channels // 2, bn_factor[s], 1, bottleneck, name=f"{name}_s{s + 1}_normal", **init
         )
         outputs.append(
             layers.Concatenate(name=f"{name}_s{s + 1}_cat")([current, down, normal])
@@ -177,21 +244,29 @@ def apply_msd_layer(
     return outputs
 
 
-def apply_transition(features: list, *, first_scale: int, out_base: int, gr_factor, name: str):
+def apply_transition(
+    features: list, *, first_scale: int, out_base: int, gr_factor, name: str, initializer: str = "pytorch"
+):
     """Per-scale 1x1 conv-BN-ReLU to ``out_base * gr_factor[s]`` channels.
 
     Each scale is reduced on its own: no input from any other scale.
     """
     return [
         apply_conv_bn_relu(
-            x, out_base * gr_factor[first_scale + i], 1, name=f"{name}_s{first_scale + i + 1}"
+            x, out_base * gr_factor[first_scale + i], 1, name=f"{name}_s{first_scale + i + 1}",
+            initializer=initializer,
         )
         for i, x in enumerate(features)
     ]
 
 
 def apply_classifier_head(
-    x, num_classes: int, head_type: str, head_channels: int = 128, name: str = "exit"
+    x,
+    num_classes: int,
+    head_type: str,
+    head_channels: int = 128,
+    name: str = "exit",
+    initializer: str = "pytorch",
 ):
     """Exit classifier on the coarsest scale.
 
@@ -203,15 +278,19 @@ def apply_classifier_head(
     and GAP also works for other input sizes.
     The Dense layer is float32 so logits stay float32 under mixed precision.
     """
-    x = apply_conv_bn_relu(x, head_channels, 3, strides=2, name=f"{name}_conv1")
+    init = dict(initializer=initializer)
+    x = apply_conv_bn_relu(x, head_channels, 3, strides=2, name=f"{name}_conv1", **init)
     if head_type == "msdnet":
-        x = apply_conv_bn_relu(x, head_channels, 3, strides=2, name=f"{name}_conv2")
+        x = apply_conv_bn_relu(x, head_channels, 3, strides=2, name=f"{name}_conv2", **init)
     elif head_type == "fusion":
-        x = apply_conv_bn_relu(x, head_channels, 1, strides=1, name=f"{name}_conv2")
+        x = apply_conv_bn_relu(x, head_channels, 1, strides=1, name=f"{name}_conv2", **init)
     else:
         raise ValueError(f"Unknown head_type {head_type!r}; expected 'msdnet' or 'fusion'.")
     x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
-    return layers.Dense(num_classes, dtype="float32", name=name)(x)
+    kernel_init, bias_init = dense_initializers(initializer, head_channels)
+    return layers.Dense(
+        num_classes, dtype="float32", kernel_initializer=kernel_init, bias_initializer=bias_init, name=name
+    )(x)
 
 
 def block_steps(num_blocks: int, step_mode: str, step: int, base: int) -> list[int]:
@@ -255,8 +334,15 @@ def build_multi_exit_outputs(
     stem_stride: int,
     head_type: str,
     head_channels: int,
+    transition: str = "msdnet",
+    initializer: str = "pytorch",
 ) -> tuple[list, list[list]]:
     """Builds the multi-scale dense network.
+
+    ``transition="fusionnet"`` is the paper's transition: a layer that drops a
+    scale no longer reads it (see :func:`apply_msd_layer`), and the 1x1
+    channel-halving transition after it works within each scale.
+    ``"msdnet"``: the dropped scale is still read through a strided conv.
 
     Returns:
         ``(exit_logits, block_states)``: the logits of every exit, and for every
@@ -266,14 +352,20 @@ def build_multi_exit_outputs(
     num_scales = len(gr_factor)
     if len(bn_factor) != num_scales:
         raise ValueError("gr_factor and bn_factor must have one entry per scale.")
+    if transition not in TRANSITIONS:
+        raise ValueError(f"Unknown transition {transition!r}; expected one of {', '.join(TRANSITIONS)}.")
+    if initializer not in INITIALIZERS:
+        raise ValueError(f"Unknown initializer {initializer!r}; expected one of {', '.join(INITIALIZERS)}.")
+    read_dropped_scale = transition == "msdnet"
+    init = dict(initializer=initializer)
     steps = block_steps(num_blocks, step_mode, step, base)
     schedule = scale_schedule(sum(steps), num_scales)
 
     scale_channels = [n_channels * g for g in gr_factor]
     if efficient_stem:
-        features = apply_efficient_stem(inputs, scale_channels, stem_channels, stem_stride)
+        features = apply_efficient_stem(inputs, scale_channels, stem_channels, stem_stride, **init)
     else:
-        features = apply_msdnet_stem(inputs, scale_channels)
+        features = apply_msdnet_stem(inputs, scale_channels, **init)
 
     n = n_channels
     layer_index = 0
@@ -285,16 +377,23 @@ def build_multi_exit_outputs(
             layer_index += 1
             first_scale = num_scales - out_scales
             name = f"b{b + 1}_l{j + 1}"
+            discard = in_scales - out_scales
+            if discard and not read_dropped_scale and j == 0 and block_states:
+                # The dropped scale is not read again, so the previous block does
+                # not hand it over (nor is its cost charged to a later exit).
+                block_states[-1] = block_states[-1][discard:]
             features = apply_msd_layer(
                 features,
                 first_scale=first_scale,
-                discard=in_scales - out_scales,
+                discard=discard,
                 growth_rate=growth_rate,
                 gr_factor=gr_factor,
                 bn_factor=bn_factor,
                 bottleneck=bottleneck,
                 fusion=fusion,
                 name=name,
+                read_dropped_scale=read_dropped_scale,
+                **init,
             )
             n += growth_rate
             if in_scales > out_scales and reduction > 0:
@@ -305,12 +404,13 @@ def build_multi_exit_outputs(
                     out_base=n_out,
                     gr_factor=gr_factor,
                     name=f"{name}_transition",
+                    **init,
                 )
                 n = n_out
         block_states.append(list(features))
         outputs.append(
             apply_classifier_head(
-                features[-1], num_classes, head_type, head_channels, name=f"exit_{b + 1}"
+                features[-1], num_classes, head_type, head_channels, name=f"exit_{b + 1}", **init
             )
         )
     return outputs, block_states
@@ -329,6 +429,10 @@ def validate_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 __all__ = [
+    "INITIALIZERS",
+    "TRANSITIONS",
+    "conv_initializer",
+    "dense_initializers",
     "apply_conv_bn_relu",
     "apply_depthwise_separable",
     "apply_bottleneck_conv",

@@ -13,11 +13,26 @@ import keras
 
 from tf_fusionnet.models.blocks import build_multi_exit_outputs, validate_image_shape
 
+# keras.Model keyword arguments a saved config may carry; anything else is a typo
+# (``fusoin=False``) that Keras would silently ignore, so it is refused.
+_MODEL_KWARGS = {"trainable", "dtype"}
+
+
+def _check_kwargs(cls_name: str, kwargs: dict[str, Any]) -> None:
+    unknown = sorted(set(kwargs) - _MODEL_KWARGS)
+    if unknown:
+        raise TypeError(f"{cls_name} got unexpected argument(s) {', '.join(unknown)}")
+
 
 class _MultiExitNetwork(keras.Model):
     """Shared constructor plumbing; use :class:`MSDNet` or :class:`FusionNet`."""
 
+    # Values of arguments added after models were first saved: a config without
+    # them was written by a version that behaved like this.
+    _LEGACY_DEFAULTS: dict[str, Any] = {"initializer": "keras"}
+
     def _build(self, config: dict[str, Any], name: str | None, **kwargs):
+        _check_kwargs(type(self).__name__, kwargs)
         image_shape = validate_image_shape(config["image_shape"])
         inputs = keras.Input(shape=image_shape, name="image")
         outputs, block_states = build_multi_exit_outputs(
@@ -39,6 +54,8 @@ class _MultiExitNetwork(keras.Model):
             stem_stride=config["stem_stride"],
             head_type=config["head_type"],
             head_channels=config["head_channels"],
+            transition=config["transition"],
+            initializer=config["initializer"],
         )
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         # Plain Python values (lists, not tuples) so get_config() is JSON-stable.
@@ -77,7 +94,7 @@ class _MultiExitNetwork(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        return cls(**config)
+        return cls(**{**cls._LEGACY_DEFAULTS, **config})
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")
@@ -104,6 +121,10 @@ class MSDNet(_MultiExitNetwork):
         reduction: transition compression (0 disables transitions).
         bottleneck: use the 1x1 bottleneck before every 3x3 conv.
         head_channels: channels of the exit classifiers' convs.
+        initializer: "pytorch" (PyTorch's default init, which is what the
+            official code runs), "msdnet" (the normal fan-out init its
+            ``_init_weights`` declares but never applies) or "keras"
+            (``he_normal``/Glorot). See docs/architecture.md.
 
     Example:
     ```python
@@ -127,6 +148,7 @@ class MSDNet(_MultiExitNetwork):
         reduction: float = 0.5,
         bottleneck: bool = True,
         head_channels: int = 128,
+        initializer: str = "pytorch",
         name: str | None = None,
         **kwargs,
     ):
@@ -144,6 +166,7 @@ class MSDNet(_MultiExitNetwork):
             reduction=reduction,
             bottleneck=bottleneck,
             head_channels=head_channels,
+            initializer=initializer,
         )
         self._build(
             {
@@ -153,6 +176,7 @@ class MSDNet(_MultiExitNetwork):
                 "stem_channels": 0,
                 "stem_stride": 1,
                 "head_type": "msdnet",
+                "transition": "msdnet",
             },
             name=name or "msdnet",
             **kwargs,
@@ -165,8 +189,9 @@ class FusionNet(_MultiExitNetwork):
     """The multi-exit network of Addad, Lechervy and Jurie.
 
     MSDNet's multi-scale dense skeleton with the fusion layer (the strided path
-    into scale s reads scale s-1 *including* the current layer), per-scale
-    channel-halving transitions, an efficient stem and a lighter exit head.
+    into scale s reads scale s-1 *including* the current layer), the paper's
+    transition (a layer that drops a scale no longer reads it; channels are
+    halved within each scale), an efficient stem and a lighter exit head.
     See ``docs/architecture.md`` for every choice the paper leaves open.
 
     Args:
@@ -179,6 +204,10 @@ class FusionNet(_MultiExitNetwork):
         stem_stride: stride of the efficient stem's last conv; 2 (the paper)
             makes the finest scale half the input resolution.
         head_type: "fusion" (3x3/s2 + 1x1 convs) or "msdnet" (two 3x3/s2).
+        transition: "fusionnet" (the paper's: at a scale-drop layer the new
+            finest scale does not read the dropped one) or "msdnet" (it reads
+            it through a strided conv, as in MSDNet).
+        initializer: as in :class:`MSDNet`.
 
     Example:
     ```python
@@ -186,6 +215,8 @@ class FusionNet(_MultiExitNetwork):
     model_without_fusion = FusionNet(num_classes=10, fusion=False)
     ```
     """
+
+    _LEGACY_DEFAULTS = {"initializer": "keras", "transition": "msdnet"}
 
     def __init__(
         self,
@@ -207,6 +238,8 @@ class FusionNet(_MultiExitNetwork):
         stem_channels: int = 32,
         stem_stride: int = 2,
         head_type: str = "fusion",
+        transition: str = "fusionnet",
+        initializer: str = "pytorch",
         name: str | None = None,
         **kwargs,
     ):
@@ -232,6 +265,8 @@ class FusionNet(_MultiExitNetwork):
                 stem_channels=stem_channels,
                 stem_stride=stem_stride,
                 head_type=head_type,
+                transition=transition,
+                initializer=initializer,
             ),
             name=name or "fusionnet",
             **kwargs,
