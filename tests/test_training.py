@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tf_fusionnet.training.config import TrainConfig
+from tf_fusionnet.training.optimizers import TorchSGD
 from tf_fusionnet.training.trainer import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,9 +128,64 @@ def test_optimizer_schedule_and_weight_decay():
     assert lr(20) == pytest.approx(0.05, rel=1e-4)
     assert lr(60) == pytest.approx(0.025, rel=1e-3)  # halfway through the cosine
     assert lr(100) == pytest.approx(0.0, abs=1e-7)
+    # The default is PyTorch's coupled decay on every parameter, as the official recipe.
+    assert isinstance(optimizer, TorchSGD) and optimizer.coupled_weight_decay == 1e-4
+    assert optimizer.exclude_from_decay == []
+    # The old behaviour stays available: Keras's decoupled decay, kernels only.
+    keras_sgd = make_optimizer(
+        TrainConfig(weight_decay_style="decoupled", decay_norm_and_bias=False), steps_per_epoch=10
+    )
+    assert isinstance(keras_sgd, keras.optimizers.SGD) and keras_sgd.weight_decay == 1e-4
     kernel = keras.Variable(np.ones((3, 3)), name="kernel")
     gamma = keras.Variable(np.ones(3), name="gamma")
     bias = keras.Variable(np.ones(3), name="bias")
-    optimizer.build([kernel, gamma, bias])
-    assert optimizer._use_weight_decay(kernel)
-    assert not optimizer._use_weight_decay(gamma) and not optimizer._use_weight_decay(bias)
+    keras_sgd.build([kernel, gamma, bias])
+    assert keras_sgd._use_weight_decay(kernel)
+    assert not keras_sgd._use_weight_decay(gamma) and not keras_sgd._use_weight_decay(bias)
+
+
+def _torch_sgd_reference(w0, lrs, momentum, wd, nesterov=False):
+    """torch.optim.SGD with zero data gradient, as the closed-form linear map of (w, buf) per step."""
+    state = np.stack([w0, np.zeros_like(w0)]).astype(np.float64)  # rows: w, buf
+    trajectory = []
+    for lr in lrs:
+        # d = wd * w; buf' = momentum * buf + d; w' = w - lr * (d + momentum * buf' if nesterov else buf')
+        buf_map = np.array([[wd, momentum]])
+        step_map = (np.array([[wd, 0.0]]) + momentum * buf_map) if nesterov else buf_map
+        w_map = np.array([[1.0, 0.0]]) - lr * step_map
+        state = np.concatenate([w_map, buf_map]) @ state
+        trajectory.append(state[0].copy())
+    return np.array(trajectory)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_torch_sgd_reproduces_pytorch_trajectory(nesterov):
+    w0 = np.array([1.0, -2.0, 0.5], np.float32)
+    lr_schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=20, warmup_target=0.5, warmup_steps=5
+    )
+    optimizer = TorchSGD(learning_rate=lr_schedule, momentum=0.9, weight_decay=0.05, nesterov=nesterov)
+    w = keras.Variable(w0, name="kernel")
+    got = []
+    for _ in range(25):
+        optimizer.apply_gradients([(np.zeros(3, np.float32), w)])
+        got.append(np.asarray(w.value))
+    lrs = [float(lr_schedule(step)) for step in range(25)]
+    expected = _torch_sgd_reference(w0, lrs, 0.9, 0.05, nesterov)
+    np.testing.assert_allclose(np.array(got), expected, rtol=0, atol=1e-6)
+    # Ten times Keras's decoupled decay at steady state: PyTorch's shrinks w by lr*wd/(1-m) per step.
+    assert abs(expected[-1][0]) < 0.5 * abs(w0[0])
+
+
+def test_torch_sgd_exclusions_and_config_round_trip():
+    optimizer = TorchSGD(learning_rate=0.1, momentum=0.9, weight_decay=0.1, exclude_from_decay=["gamma"])
+    kernel = keras.Variable(np.ones(2, np.float32), name="kernel")
+    gamma = keras.Variable(np.ones(2, np.float32), name="gamma")
+    for _ in range(3):
+        optimizer.apply_gradients([(np.zeros(2, np.float32), kernel), (np.zeros(2, np.float32), gamma)])
+    np.testing.assert_array_equal(np.asarray(gamma.value), [1.0, 1.0])
+    assert np.all(np.asarray(kernel.value) < 1.0)
+    clone = TorchSGD.from_config(optimizer.get_config())
+    assert clone.get_config() == optimizer.get_config()
+    with pytest.raises(ValueError, match="momentum"):
+        TorchSGD(momentum=1.5)

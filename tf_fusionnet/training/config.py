@@ -31,7 +31,12 @@ class TrainConfig:
     lr: float = _f(-1.0, "Peak learning rate; -1: 0.1 * batch_size / 512 (the paper's 0.1 at batch 512).")
     warmup_epochs: float = _f(20.0, "Epochs of linear warmup from 0 to the peak learning rate.")
     momentum: float = _f(0.9, "SGD momentum.")
-    weight_decay: float = _f(1e-4, "Weight decay of conv and dense kernels (not BatchNorm, not biases).")
+    weight_decay: float = _f(1e-4, "Weight decay coefficient (see --weight_decay_style).")
+    weight_decay_style: str = _f("coupled", "coupled: PyTorch SGD's L2 added to the gradient before the momentum "
+                                 "(the paper's MSDNet recipe); decoupled: Keras's w -= lr*wd*w (10x weaker "
+                                 "at momentum 0.9).")
+    decay_norm_and_bias: bool = _f(True, "Also decay BatchNorm gamma/beta and biases (the official code decays "
+                                   "every parameter).")
     exit_weights: str = _f("", "Comma-separated loss weight per exit (default: 1 for every exit).")
     label_smoothing: float = _f(0.1, "Label smoothing of the cross-entropy.")
     random_crop: bool = _f(True, "Zero-pad and random-crop back to size.")

@@ -26,6 +26,8 @@ from tf_fusionnet.data.split import SPLIT_FILE, default_val_size, load_split, ma
 from tf_fusionnet.training.config import TrainConfig
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
+# Settings added after runs were first written: a run without them was trained like this.
+_LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False}
 # Settings that may change between a run and its resumption without changing the run.
 _RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads"}
 
@@ -89,7 +91,7 @@ def _check_resume(run_dir: str, config: TrainConfig) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        previous = json.load(f).get("train", {})
+        previous = {**_LEGACY_TRAIN_VALUES, **json.load(f).get("train", {})}
     current = config.to_dict()
     changed = sorted(
         k for k in current if k not in _RESUMABLE_KEYS and k in previous and previous[k] != current[k]
@@ -97,6 +99,26 @@ def _check_resume(run_dir: str, config: TrainConfig) -> None:
     if changed:
         diffs = ", ".join(f"{k}: {previous[k]!r} -> {current[k]!r}" for k in changed)
         raise ValueError(f"{run_dir} holds a run with other settings ({diffs}); use another --output")
+
+
+def _check_same_architecture(run_dir: str, model) -> None:
+    """Refuses to resume a run whose network the current code (or preset) builds differently."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f).get("model_config")
+    if previous is None:
+        return
+    previous = {**type(model)._LEGACY_DEFAULTS, **previous}
+    current = model.get_config()
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{run_dir} holds a run of another network ({diffs}); this version of the preset builds a "
+            "different model, so it cannot be resumed: use another --output"
+        )
 
 
 def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +133,15 @@ def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int) ->
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
-    """SGD with linear warmup then cosine decay to 0; weight decay on kernels only."""
+    """SGD with linear warmup then cosine decay to 0.
+
+    ``weight_decay_style="coupled"`` (default) is PyTorch's SGD (:class:`TorchSGD`), the
+    optimizer of the official MSDNet recipe the paper follows; ``"decoupled"`` is Keras's SGD
+    with its decoupled decay. ``decay_norm_and_bias=False`` exempts BatchNorm and biases.
+    """
     import keras
+
+    from tf_fusionnet.training.optimizers import TorchSGD
 
     peak = config.peak_lr()
     total = max(1, config.epochs * steps_per_epoch)
@@ -127,11 +156,19 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
         )
     else:
         schedule = keras.optimizers.schedules.CosineDecay(peak, decay_steps=total, alpha=0.0)
+    excluded = [] if config.decay_norm_and_bias else ["gamma", "beta", "bias"]
+    if config.weight_decay_style == "coupled":
+        return TorchSGD(
+            learning_rate=schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+            exclude_from_decay=excluded,
+        )
+    if config.weight_decay_style != "decoupled":
+        raise ValueError(f"--weight_decay_style must be coupled or decoupled, got {config.weight_decay_style!r}")
     optimizer = keras.optimizers.SGD(
         learning_rate=schedule, momentum=config.momentum, weight_decay=config.weight_decay or None
     )
-    if config.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    if config.weight_decay and excluded:
+        optimizer.exclude_from_weight_decay(var_names=excluded)
     return optimizer
 
 
@@ -193,6 +230,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             jit_compile=config.jit_compile,
         )
 
+    _check_same_architecture(run_dir, model)
     macs = exit_macs(model)
     atomic_write_json(
         os.path.join(run_dir, "config.json"),
