@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_fusionnet.data import sources
-from tf_fusionnet.data.pipeline import AugmentConfig, make_batch_mixer, make_eval_dataset, make_train_dataset, normalization_stats
+from tf_fusionnet.data.pipeline import AugmentConfig, BetaCutMix, make_batch_mixer, make_eval_dataset, make_train_dataset, normalization_stats
 from tf_fusionnet.data.safe_pickle import UnsafePickleError, safe_load_cifar_pickle
 from tf_fusionnet.data.sources import DataError, load_dataset
 from tf_fusionnet.data.split import default_val_size, load_split, make_split, save_split
@@ -182,6 +182,33 @@ def test_mixer_refuses_integer_labels():
     mix = make_batch_mixer(AugmentConfig())
     with pytest.raises(ValueError, match="one-hot"):
         mix(tf.zeros([4, 8, 8, 3]), tf.zeros([4], tf.int32))
+
+
+def test_cutmix_ratio_is_beta_1_1():
+    layer = BetaCutMix(alpha=1.0, seed=7)
+    drawn = np.asarray(layer._generate_mix_weight(10_000, layer.generator))
+    assert abs(drawn.mean() - 0.5) <= 0.01
+    assert abs(drawn.var() - 1 / 12) <= 0.1 / 12
+    # What training uses: the label weight of each image is the share of its own pixels kept.
+    transform = layer.get_random_transformation({"images": tf.zeros([10_000, 32, 32, 1])}, training=True)
+    kept = 1.0 - np.asarray(transform["batch_masks"], np.float64).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(transform["mix_weight"]), kept, atol=1e-6)
+    assert abs(kept.mean() - 0.5) <= 0.01 and abs(kept.var() - 1 / 12) <= 0.1 / 12
+    # Keras's own layer with factor=1 draws alpha ~ U(0, 1) per batch first: a wider mixture
+    # (variance ln(3)/8 = 0.137 over many batches).
+    keras_layer = tf.keras.layers.CutMix(factor=1.0, seed=7)
+    keras_weights = np.concatenate(
+        [np.asarray(keras_layer._generate_mix_weight(50, keras_layer.generator)) for _ in range(200)]
+    )
+    assert keras_weights.var() > 1.2 / 12
+
+
+def test_cutmix_mixes_labels_by_pixel_share():
+    images = tf.concat([tf.zeros([8, 16, 16, 3]), tf.ones([8, 16, 16, 3])], axis=0)
+    labels = tf.one_hot(tf.concat([tf.zeros(8, tf.int32), tf.ones(8, tf.int32)], 0), 2)
+    out = BetaCutMix(alpha=1.0, seed=1)({"images": images, "labels": labels}, training=True)
+    share_of_ones = np.asarray(out["images"]).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(out["labels"])[:, 1], share_of_ones, atol=1e-6)
 
 
 def test_train_and_eval_pipelines():

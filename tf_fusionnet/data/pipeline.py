@@ -22,7 +22,7 @@ class AugmentConfig:
         mix_prob: probability that a batch is mixed at all (CutMix or MixUp).
         cutmix_share: of the mixed batches, the share that uses CutMix (the rest MixUp).
         mixup_alpha: Beta(alpha, alpha) parameter of MixUp.
-        cutmix_alpha: Beta parameter of CutMix (``keras.layers.CutMix(factor=...)``).
+        cutmix_alpha: Beta(alpha, alpha) parameter of CutMix's lambda (:class:`BetaCutMix`).
     """
 
     random_crop: bool = True
@@ -68,14 +68,57 @@ def _check_mixable_labels(labels) -> None:
         )
 
 
+@keras.saving.register_keras_serializable(package="tf_fusionnet")
+class BetaCutMix(keras.layers.CutMix):
+    """``keras.layers.CutMix`` with the paper's mixing ratio, lambda ~ Beta(alpha, alpha).
+
+    Keras's layer first draws its Beta parameter from U(0, factor) per batch, so
+    ``CutMix(factor=1.0)`` gives a lambda far more often near 0 or 1 than Beta(1, 1) (the
+    CutMix paper's uniform). Two private methods are replaced, the minimum that fixes it:
+    the draw of lambda, and the label weight, which Keras takes from the real-valued box
+    while the pasted patch is whole pixels; here it is the pasted patch's exact share.
+    Like Keras's layer (and unlike the CutMix paper's one box per batch) every image
+    draws its own lambda and box; the box lies inside the image.
+
+    Args:
+        alpha: the Beta parameter (1.0: lambda uniform on [0, 1]).
+        seed: random seed.
+    """
+
+    def __init__(self, alpha: float = 1.0, seed: int | None = None, **kwargs):
+        kwargs.pop("factor", None)
+        super().__init__(factor=1.0, seed=seed, **kwargs)
+        if not alpha > 0:
+            raise ValueError(f"CutMix alpha must be > 0, got {alpha}")
+        self.alpha = float(alpha)
+
+    def _generate_mix_weight(self, batch_size, seed):
+        return self.backend.random.beta((batch_size,), self.alpha, self.alpha, seed=seed, dtype=self.compute_dtype)
+
+    def _generate_batch_mask(self, images_shape, box_corners):
+        batch_masks, _ = super()._generate_batch_mask(images_shape, box_corners)
+        pasted = self.backend.numpy.mean(self.backend.cast(batch_masks, self.compute_dtype), axis=(1, 2, 3))
+        return batch_masks, 1.0 - pasted
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("factor", None)
+        return {**config, "alpha": self.alpha}
+
+
 def make_batch_mixer(config: AugmentConfig, seed: int | None = None):
     """Returns ``mix(images, labels)`` that applies CutMix or MixUp to a batch, or nothing.
+
+    CutMix is :class:`BetaCutMix` (lambda ~ Beta(cutmix_alpha, cutmix_alpha)); MixUp is
+    ``keras.layers.MixUp``, which draws lambda ~ Beta(mixup_alpha, mixup_alpha) per image
+    (the MixUp paper's code draws one per batch; per image has the same distribution for
+    each image and a less noisy batch, so Keras's is kept).
 
     Keras's layers mix every batch they see; the per-batch choice is made here:
     with probability ``mix_prob * cutmix_share`` CutMix, with
     ``mix_prob * (1 - cutmix_share)`` MixUp, otherwise the batch is unchanged.
     """
-    cutmix = keras.layers.CutMix(factor=config.cutmix_alpha, seed=seed)
+    cutmix = BetaCutMix(alpha=config.cutmix_alpha, seed=seed)
     mixup = keras.layers.MixUp(alpha=config.mixup_alpha, seed=seed)
     generator = tf.random.Generator.from_seed(0 if seed is None else seed + 1)
     p_cutmix = config.mix_prob * config.cutmix_share
