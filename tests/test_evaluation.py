@@ -165,8 +165,10 @@ def test_thresholds_for_budget():
     fitted = thresholds_for_budget(val, labels, macs, 22.0)
     assert fitted["val"].avg_macs <= 22.0 and fitted["val"].avg_macs > 20.0
     assert thresholds_for_budget(val, labels, macs, 9.0) is None
+    # A budget above the last exit's cost picks the most expensive policy on offer: nearly
+    # every sample goes on to the last exit.
     everything = thresholds_for_budget(val, labels, macs, 100.0)
-    assert everything["val"].avg_macs <= 40.0
+    assert everything["val"].avg_macs > 39.0 and everything["val"].exit_counts[-1] >= 0.95 * 400
 
 
 def test_metrics():
