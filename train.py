@@ -9,16 +9,17 @@ or tf_fusionnet/training/config.py. Re-running the same command resumes a run.
 """
 
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX (e.g. AMD Zen 3); on: 1.6x faster training.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
 import sys
 
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tf_fusionnet.training.config import config_fields
+from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+
+setup_environment()
+
+from absl import app, flags  # noqa: E402
+
+from tf_fusionnet.training.config import config_fields  # noqa: E402
 
 for _field in config_fields():
     _define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -31,10 +32,20 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
-    from tf_fusionnet.data.sources import DataError
-    from tf_fusionnet.training import TrainConfig, format_exit_table, train
+    from tf_fusionnet.training.config import TrainConfig
 
     config = TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in config_fields()})
+    try:
+        config.validate()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from tf_fusionnet.console import import_tensorflow
+
+    import_tensorflow(verbose=config.verbose == 3)
+    from tf_fusionnet.data.sources import DataError
+    from tf_fusionnet.training import format_exit_table, train
+
     try:
         result = train(config)
     except (DataError, ValueError) as error:

@@ -80,7 +80,7 @@ def _convert_whole_model(manifest: dict, precision: str) -> bytes:
 def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndarray, repeats: int) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
-    from tf_fusionnet.export.cascade_runner import CascadeRunner
+    from tf_fusionnet.export.cascade_runner import CascadeRunner, decode_thresholds
 
     runner = CascadeRunner(bundle, precision=precision, threads=threads)
     manifest = runner.manifest
@@ -107,7 +107,7 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     full_macs = manifest["exit_macs"][-1]
 
     def sweep(thresholds):
-        runner.thresholds = list(thresholds)
+        runner.thresholds = decode_thresholds(thresholds)
         runner.thresholds[-1] = float("-inf")
         t0 = time.perf_counter()
         results = [runner.classify(img)[0] for img in test_images]

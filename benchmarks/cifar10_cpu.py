@@ -68,7 +68,7 @@ def interpolate(xs, ys, x):
 
 
 def cascade_sweep(bundle: str, precision: str, images: np.ndarray, labels: np.ndarray) -> list[dict]:
-    from tf_fusionnet.export.cascade_runner import CascadeRunner
+    from tf_fusionnet.export.cascade_runner import CascadeRunner, decode_thresholds
 
     from tqdm import tqdm
 
@@ -76,7 +76,7 @@ def cascade_sweep(bundle: str, precision: str, images: np.ndarray, labels: np.nd
     points = []
     for entry in tqdm(runner.manifest["thresholds"], desc=f"cascade {os.path.basename(bundle)} {precision}",
                       unit="budget"):
-        runner.thresholds = list(entry["thresholds"])
+        runner.thresholds = decode_thresholds(entry["thresholds"])
         runner.thresholds[-1] = float("-inf")
         start = time.perf_counter()
         results = [runner.classify(img)[0] for img in images]

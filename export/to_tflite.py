@@ -7,25 +7,29 @@ pillow`, and run `python BUNDLE/cascade_runner.py IMAGES... --budget MACS`.
 """
 
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX (e.g. AMD Zen 3); on: 1.6x faster training.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags
+from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+
+setup_environment()
+
+from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("run", None, "Run directory of train.py.")
-flags.DEFINE_string("out", None, "Bundle folder to write (replaced if it exists).")
+flags.DEFINE_string("out", None, "Bundle folder to write. An existing one is replaced only if it is a bundle "
+                    "this tool wrote; never the run or a folder inside or above it.")
 flags.DEFINE_list("precision", ["float32", "int8"], "Precisions: float32, float16, int8.")
 flags.DEFINE_bool("standalone", False, "Also write exit_k.tflite (image -> exit k) per precision.")
 flags.DEFINE_enum("checkpoint", "model", ["model", "best"], "model.keras (last epoch) or best.keras.")
-flags.DEFINE_integer("calibration_images", 200, "Training-split images for int8 calibration.")
+flags.DEFINE_integer("calibration_images", 200, "Training-split images for int8 calibration (>= 1).")
 flags.DEFINE_integer("report_images", 0, "Test images for the accuracy checks in report.json (0: all).")
 flags.DEFINE_string("dataset", None, "Read the data from here instead of the run's --dataset.")
+flags.DEFINE_enum("thresholds_from", "val", ["val", "train", "none"],
+                  "Fit the budget thresholds on the validation split (val), on training-split images "
+                  "(train: optimistic, for runs without validation data) or not at all (none).")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log and the converter's messages.")
 FLAGS = flags.FLAGS
 
 
@@ -36,12 +40,21 @@ def main(argv):
     if not FLAGS.run or not FLAGS.out:
         print("error: --run and --out are required", file=sys.stderr)
         return 2
+    import contextlib
+
+    from tf_fusionnet.console import captured_stderr_fd, import_tensorflow
+
+    import_tensorflow(verbose=FLAGS.verbose)
     from tf_fusionnet.export.bundle import export_bundle
 
     try:
-        print(f"exporting {FLAGS.run} -> {FLAGS.out}")
-        report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
-                               FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset)
+        print(f"exporting {FLAGS.run} -> {FLAGS.out}", flush=True)
+        # The TFLite converter logs its MLIR passes to fd 2; kept unless something unexpected fails.
+        quiet = contextlib.nullcontext() if FLAGS.verbose else captured_stderr_fd((ValueError, OSError))
+        with quiet:
+            report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
+                                   FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
+                                   thresholds_from=FLAGS.thresholds_from)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

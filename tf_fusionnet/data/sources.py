@@ -27,9 +27,16 @@ from typing import Sequence
 import numpy as np
 
 from tf_fusionnet.data.safe_pickle import UnsafePickleError, safe_load_cifar_pickle
+from tf_fusionnet.portable import (
+    CHANNEL_MODES,
+    IMAGE_EXTENSIONS,
+    ImageModeError,
+    image_to_array,
+    majority_channels,
+    natural_channels,
+)
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10_sample")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -51,6 +58,7 @@ class ImageDataset:
     class_names: list[str]
     source: str
     kind: str  # "cifar" or "folder": picks the default validation size
+    notes: list[str] = dataclasses.field(default_factory=list)  # one line each, for the user
 
     @property
     def num_classes(self) -> int:
@@ -81,17 +89,24 @@ class _Files:
                 self._tar = tarfile.open(path)
             except (tarfile.TarError, OSError) as error:
                 raise DataError(f"{path}: not a folder or a readable tar archive ({error})") from None
-            self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+            try:
+                members = self._tar.getmembers()
+            except (tarfile.TarError, OSError, EOFError) as error:
+                raise DataError(f"{path}: truncated or corrupt archive ({error})") from None
+            self._members = {m.name.lstrip("./"): m for m in members if m.isfile()}
             self.names = sorted(self._members)
 
     def read(self, name: str) -> bytes:
         if self._tar is None:
             with open(os.path.join(self.path, name), "rb") as f:
                 return f.read()
-        extracted = self._tar.extractfile(self._members[name])
-        if extracted is None:
-            raise DataError(f"{self.path}: cannot read {name}")
-        return extracted.read()
+        try:
+            extracted = self._tar.extractfile(self._members[name])
+            if extracted is None:
+                raise DataError(f"{self.path}: cannot read {name}")
+            return extracted.read()
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise DataError(f"{self.path}: truncated or corrupt archive, cannot read {name} ({error})") from None
 
     def find(self, pattern: str) -> list[str]:
         regex = re.compile(pattern)
@@ -203,25 +218,38 @@ def _try_cifar(files: _Files) -> ImageDataset | None:
 # --------------------------------------------------------------------------- folders
 
 
+def _natural_channels(files: _Files, name: str) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(files.read(name))) as img:
+            return natural_channels(img.mode, "transparency" in img.info)
+    except ImageModeError as error:
+        raise DataError(f"{files.path}: {name}: {error}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"{files.path}: cannot read image {name} ({error})") from None
+
+
 def _decode_images(
-    files: _Files, names: Sequence[str], image_size: tuple[int, int] | None, mode: str | None
-) -> tuple[np.ndarray, str]:
+    files: _Files, names: Sequence[str], image_size: tuple[int, int] | None, channels: int
+) -> tuple[np.ndarray, int]:
+    """Decodes ``names`` into uint8 (N, H, W, channels); returns them and how many were converted."""
     from PIL import Image, UnidentifiedImageError
 
     arrays = []
+    converted = 0
     for name in names:
         try:
             with Image.open(io.BytesIO(files.read(name))) as img:
                 img.load()
-                if mode is None:
-                    mode = {"1": "L", "P": "RGB", "CMYK": "RGB", "I;16": "L", "I": "L", "F": "L"}.get(img.mode, img.mode)
-                img = img.convert(mode) if img.mode != mode else img
                 if image_size is not None and img.size != (image_size[1], image_size[0]):
                     img = img.resize((image_size[1], image_size[0]), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
+                arr, was_converted = image_to_array(img, channels)
+        except ImageModeError as error:
+            raise DataError(f"{files.path}: {name}: {error}") from None
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise DataError(f"{files.path}: cannot read image {name} ({error})") from None
-        arr = arr[..., None] if arr.ndim == 2 else arr
+        converted += was_converted
         if arrays and arr.shape != arrays[0].shape:
             raise DataError(
                 f"{files.path}: {name} is {arr.shape[1]}x{arr.shape[0]}x{arr.shape[2]} but "
@@ -229,10 +257,10 @@ def _decode_images(
                 "pass --image_size H,W to resize every image"
             )
         arrays.append(arr)
-    return np.stack(arrays), mode  # type: ignore[return-value]
+    return np.stack(arrays), converted
 
 
-def _try_folder(files: _Files, image_size: tuple[int, int] | None) -> ImageDataset | None:
+def _try_folder(files: _Files, image_size: tuple[int, int] | None, channels: int = 0) -> ImageDataset | None:
     pattern = re.compile(r"^(?:(.*)/)?(train|test)/([^/]+)/([^/]+)$")
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     roots = set()
@@ -256,21 +284,29 @@ def _try_folder(files: _Files, image_size: tuple[int, int] | None) -> ImageDatas
     if len(classes) < 2:
         raise DataError(f"{files.path}: found {len(classes)} class under train/; need at least 2")
 
-    def gather(split, mode):
+    def listing(split):
         names, labels = [], []
         for label, cls in enumerate(classes):
             for name in sorted(by_split[split].get(cls, [])):
                 names.append(name)
                 labels.append(label)
-        images, mode = _decode_images(files, names, image_size, mode)
-        return images, np.asarray(labels, dtype=np.int64), mode
+        return names, np.asarray(labels, dtype=np.int64)
 
-    xtr, ytr, mode = gather("train", None)
-    xte, yte, _ = gather("test", mode)
+    train_names, ytr = listing("train")
+    test_names, yte = listing("test")
+    # One channel count for the whole dataset: the training images' majority, unless given.
+    chosen = channels or majority_channels(_natural_channels(files, n) for n in train_names)
+    xtr, converted_train = _decode_images(files, train_names, image_size, chosen)
+    xte, converted_test = _decode_images(files, test_names, image_size, chosen)
+    notes = []
+    if converted_train or converted_test:
+        notes.append(f"{files.path}: converted {converted_train} of {len(train_names)} training and "
+                     f"{converted_test} of {len(test_names)} test images to {chosen} channel(s) "
+                     f"({CHANNEL_MODES[chosen]}; {'--channels' if channels else 'the majority'})")
     if xtr.shape[1:] != xte.shape[1:]:
         raise DataError(f"{files.path}: train images are {xtr.shape[1:]} but test images are "
                         f"{xte.shape[1:]}; pass --image_size H,W to resize every image")
-    return ImageDataset(xtr, ytr, xte, yte, classes, files.path, "folder")
+    return ImageDataset(xtr, ytr, xte, yte, classes, files.path, "folder", notes)
 
 
 # --------------------------------------------------------------------------- tfds
@@ -337,6 +373,7 @@ def load_dataset(
     dataset: str = "sample",
     tfds_data_dir: str | None = None,
     image_size: tuple[int, int] | None = None,
+    channels: int = 0,
 ) -> ImageDataset:
     """Loads a dataset by name or path (see the module docstring).
 
@@ -345,13 +382,20 @@ def load_dataset(
         tfds_data_dir: tensorflow-datasets data dir for "cifar10"/"cifar100".
         image_size: (height, width) to resize folder images to; None keeps
             them as they are (they must then all have one size).
+        channels: channel count of an image folder (0: the training images'
+            majority); every image is converted to it (``tf_fusionnet.portable``).
+            CIFAR data is RGB and ignores it.
 
     Raises:
         DataError: with a message that says what was tried.
     """
+    if channels not in (0, 1, 2, 3, 4):
+        raise DataError(f"--channels must be 0 (majority), 1, 2, 3 or 4, got {channels}")
     if dataset == "sample":
         dataset = SAMPLE_DIR
     elif dataset in ("cifar10", "cifar100"):
+        if channels not in (0, 3):
+            raise DataError(f"--channels {channels}: {dataset} is RGB; --channels applies to image folders")
         data = _load_tfds(dataset, tfds_data_dir)
         return _resize_all(data, image_size)
     if not os.path.exists(dataset):
@@ -362,8 +406,11 @@ def load_dataset(
     files = _Files(dataset)
     data = _try_cifar(files)
     if data is not None:
+        if channels not in (0, 3):
+            raise DataError(f"--channels {channels}: {dataset} is a CIFAR archive (RGB); --channels applies "
+                            "to image folders")
         return _resize_all(data, image_size)
-    data = _try_folder(files, image_size)
+    data = _try_folder(files, image_size, channels)
     if data is None:
         raise DataError(
             f"{dataset}: neither a CIFAR archive (binary or python format) nor an image folder "

@@ -11,9 +11,9 @@ def plot_curves(
     path: str,
     curves: Sequence[dict],
     title: str,
-    xlabel: str = "MACs (x1e8)",
+    xlabel: str = "MACs per image (M)",
     ylabel: str = "top-1 accuracy (%)",
-    x_scale: float = 1e8,
+    x_scale: float = 1e6,
 ) -> None:
     """Writes a PNG of several (x, accuracy) curves.
 

@@ -37,6 +37,12 @@ def anytime_table(probs: np.ndarray, labels: np.ndarray, exit_macs: Sequence[int
     ]
 
 
+def run_label(run: Run) -> str:
+    """A plot legend entry: the run's folder name, and its preset where that differs."""
+    name = os.path.basename(os.path.normpath(run.run_dir))
+    return name if name == run.preset else f"{name} ({run.preset})"
+
+
 def evaluate_run(
     run_dir: str,
     checkpoint: str = "model",
@@ -76,7 +82,7 @@ def evaluate_run(
                ["q", "avg_macs", "top1", "exit_counts"])
 
     summary: dict[str, Any] = {"run": run, "anytime": anytime, "budgeted": points}
-    label = run.preset
+    label = run_label(run)
     plot_curves(os.path.join(out, "anytime.png"),
                 [{"label": label, "x": [e["macs"] for e in anytime], "y": [e["top1"] for e in anytime]}],
                 "Anytime prediction (test)")
@@ -101,7 +107,7 @@ def evaluate_run(
                        "y": [p["top1"] for p in cal_points], "marker": "x"})
         summary["calibration"] = calibration
     plot_curves(os.path.join(out, "budgeted.png"), curves, "Budgeted batch classification (test)",
-                xlabel="average MACs per image (x1e8)")
+                xlabel="average MACs per image (M)")
 
     if budget is not None:
         fitted = thresholds_for_budget(val_probs, val_labels, macs, budget)
@@ -123,16 +129,16 @@ def evaluate_run(
 
 
 def compare_runs(summaries: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
-    """Overlay plots of several evaluated runs, labelled by preset (and run dir if presets repeat)."""
-    presets = [s["run"].preset for s in summaries]
-    labels = [p if presets.count(p) == 1 else f"{p} ({s['run'].run_dir})" for p, s in zip(presets, summaries)]
+    """Overlay plots of several evaluated runs, labelled by run (and its full path where names repeat)."""
+    labels = [run_label(s["run"]) for s in summaries]
+    labels = [lab if labels.count(lab) == 1 else f"{lab}: {s['run'].run_dir}" for lab, s in zip(labels, summaries)]
     anytime = [{"label": lab, "x": [e["macs"] for e in s["anytime"]], "y": [e["top1"] for e in s["anytime"]]}
                for lab, s in zip(labels, summaries)]
     budgeted = [{"label": lab, "x": [p["avg_macs"] for p in s["budgeted"]], "y": [p["top1"] for p in s["budgeted"]],
                  "marker": "."} for lab, s in zip(labels, summaries)]
     paths = [os.path.join(out_dir, "anytime.png"), os.path.join(out_dir, "budgeted.png")]
     plot_curves(paths[0], anytime, "Anytime prediction (test)")
-    plot_curves(paths[1], budgeted, "Budgeted batch classification (test)", xlabel="average MACs per image (x1e8)")
+    plot_curves(paths[1], budgeted, "Budgeted batch classification (test)", xlabel="average MACs per image (M)")
     return paths
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
 
 from tf_fusionnet.data.sources import ImageDataset, load_dataset
 from tf_fusionnet.data.split import SPLIT_FILE, load_split
-from tf_fusionnet.export.cascade_runner import sha256_file
+from tf_fusionnet.portable import sha256_file
 from tf_fusionnet.utils import atomic_path
+
+# Bumped whenever what the cache holds, or how it is computed, changes.
+LOGITS_CACHE_VERSION = 2
 
 CHECKPOINTS = {"model": "model.keras", "best": "best.keras"}
 
@@ -72,7 +77,8 @@ def load_run_data(run: Run, dataset: str | None = None) -> tuple[ImageDataset, n
     spec = dataset or train_config["dataset"]
     image_size = train_config.get("image_size") or ""
     size = tuple(int(v) for v in image_size.split(",")) if image_size else None
-    data = load_dataset(spec, train_config.get("tfds_data_dir") or None, size)
+    data = load_dataset(spec, train_config.get("tfds_data_dir") or None, size,
+                        channels=int(train_config.get("channels", 0)))
     train_idx, val_idx = load_split(os.path.join(run.run_dir, SPLIT_FILE), data)
     if list(data.image_shape) != list(run.preprocessing["image_shape"]):
         raise RunError(f"{spec}: images are {data.image_shape}, the run was trained on "
@@ -89,6 +95,8 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
     path = run.checkpoint_path(checkpoint)
     if not os.path.exists(path):
         raise RunError(f"{path}: missing (has the run finished an epoch?)")
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        raise RunError(f"{path}: corrupt or not a Keras model file (a .keras file is a zip archive)")
     try:
         # compile=False: evaluation needs no optimizer (nor the training package's TorchSGD).
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -104,6 +112,23 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
     return model
 
 
+def logits_cache_key(run: Run, checkpoint_path: str, data: ImageDataset, val_idx: np.ndarray) -> str:
+    """A digest of everything the cached logits depend on (see :func:`run_logits`)."""
+    digest = hashlib.sha256()
+    for array in (data.train_images[val_idx], data.train_labels[val_idx], data.test_images, data.test_labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    parts = {
+        "version": LOGITS_CACHE_VERSION,
+        "checkpoint": sha256_file(checkpoint_path),
+        "split": sha256_file(os.path.join(run.run_dir, SPLIT_FILE)),
+        "data": digest.hexdigest(),
+        "preprocessing": {k: run.preprocessing.get(k) for k in ("mean", "std", "image_shape")},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def run_logits(
     run: Run,
     checkpoint: str = "model",
@@ -114,9 +139,11 @@ def run_logits(
 ) -> dict[str, np.ndarray]:
     """Per-exit logits on validation and test, cached in ``RUN/eval/logits_<checkpoint>.npz``.
 
-    The cache is keyed by the sha256 of the checkpoint and of the split file,
-    so a re-trained model or another split is never served stale logits.
-    ``loaded``: ``(data, val_indices, model)`` a caller already has, so a cache
+    The cache key covers everything the logits depend on: the checkpoint's and the split
+    file's sha256, a fingerprint of the validation and test images and labels actually
+    evaluated (so ``--dataset OTHER`` is never served the run's own numbers), the
+    normalisation, and :data:`LOGITS_CACHE_VERSION`. An unreadable cache is rebuilt, and
+    says so. ``loaded``: ``(data, val_indices, model)`` a caller already has, so a cache
     miss does not decode the dataset or load the checkpoint a second time.
 
     Returns a dict with ``val_logits``, ``test_logits`` (K, N, C) and
@@ -125,20 +152,24 @@ def run_logits(
     path = run.checkpoint_path(checkpoint)
     if not os.path.exists(path):
         raise RunError(f"{path}: missing (has the run finished an epoch?)")
-    key = sha256_file(path) + ":" + sha256_file(os.path.join(run.run_dir, SPLIT_FILE))
+    if loaded is None:
+        data, _, val_idx = load_run_data(run, dataset)
+    else:
+        data, val_idx, _ = loaded
+    key = logits_cache_key(run, path, data, val_idx)
     cache = os.path.join(run.eval_dir, f"logits_{checkpoint}.npz")
     if os.path.exists(cache):
-        with np.load(cache) as stored:
-            if str(stored["key"]) == key:
-                return {k: stored[k] for k in ("val_logits", "test_logits", "val_labels", "test_labels")}
+        try:
+            with np.load(cache) as stored:
+                if str(stored["key"]) == key:
+                    return {k: stored[k] for k in ("val_logits", "test_logits", "val_labels", "test_labels")}
+        except Exception as error:  # truncated zip, bad pickle-free npz, missing arrays, ...
+            print(f"{cache}: unreadable evaluation cache ({type(error).__name__}); computing the logits again",
+                  flush=True)
 
     from tf_fusionnet.data.pipeline import make_eval_dataset
 
-    if loaded is None:
-        data, _, val_idx = load_run_data(run, dataset)
-        model = load_checkpoint(run, checkpoint)
-    else:
-        data, val_idx, model = loaded
+    model = load_checkpoint(run, checkpoint) if loaded is None else loaded[2]
     mean, std = run.preprocessing["mean"], run.preprocessing["std"]
 
     def predict(images):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import numpy as np
 from tf_fusionnet.evaluation.budgeted import thresholds_for_budget
 from tf_fusionnet.evaluation.metrics import softmax
 from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data, run_logits
+from tf_fusionnet import portable
 from tf_fusionnet.export import cascade_runner
 from tf_fusionnet.export.stages import (
     PRECISIONS,
@@ -28,7 +30,12 @@ from tf_fusionnet.export.stages import (
 
 def threshold_table(val_probs: np.ndarray, val_labels: np.ndarray, exit_macs: Sequence[float],
                     num_budgets: int = 12) -> list[dict]:
-    """Thresholds fitted on validation for budgets spread from exit 1's cost to the last exit's."""
+    """Thresholds fitted on held-out images for budgets from exit 1's cost to the last exit's.
+
+    Thresholds are strict JSON (see ``cascade_runner.encode_thresholds``).
+    """
+    if len(val_labels) == 0:
+        raise ValueError("no images to fit thresholds on")
     table = []
     for budget in np.linspace(exit_macs[0], exit_macs[-1], num_budgets):
         fitted = thresholds_for_budget(val_probs, val_labels, exit_macs, float(budget))
@@ -37,12 +44,89 @@ def threshold_table(val_probs: np.ndarray, val_labels: np.ndarray, exit_macs: Se
         val = fitted["val"]
         table.append({
             "budget_macs": float(budget),
-            "thresholds": [float(t) for t in fitted["thresholds"]],
+            "thresholds": cascade_runner.encode_thresholds(fitted["thresholds"]),
             "val_avg_macs": val.avg_macs,
             "val_top1": val.top1,
             "val_exit_shares": [c / max(1, len(val_labels)) for c in val.exit_counts],
         })
     return table
+
+
+BUNDLE_ENTRIES = {"manifest.json", "manifest.sha256", "report.json", "cascade_runner.py", "portable.py",
+                  "float32", "float16", "int8", "__pycache__"}
+_TEMP_PREFIXES = (".tmp-bundle-", ".old-bundle-")
+THRESHOLD_SOURCES = ("val", "train", "none")
+
+
+def _is_our_bundle(path: str) -> bool:
+    """A folder this project wrote: a manifest with its keys, and nothing else beside its own files."""
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(manifest, dict) and {"format_version", "stages", "precisions", "sha256"} <= set(manifest)):
+        return False
+    return all(e in BUNDLE_ENTRIES or (e.startswith("latency_") and e.endswith(".json")) for e in os.listdir(path))
+
+
+def check_out_dir(out_dir: str, run_dir: str) -> None:
+    """Refuses an --out that would destroy something that is not a bundle of ours."""
+    out, run = os.path.realpath(out_dir), os.path.realpath(run_dir)
+    if out == run or out.startswith(run + os.sep) or run.startswith(out.rstrip(os.sep) + os.sep) or out == os.sep:
+        raise ValueError(f"--out {out_dir}: is the run, inside it or above it; choose a folder outside {run_dir}")
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            raise ValueError(f"--out {out_dir}: exists and is not a folder; refusing to replace it")
+        if os.listdir(out_dir) and not _is_our_bundle(out_dir):
+            raise ValueError(f"--out {out_dir}: exists and is not a bundle written by export/to_tflite.py "
+                             "(or holds other files); refusing to replace it")
+
+
+def clean_stale_temporaries(parent: str) -> list[str]:
+    """Removes temporary bundle folders left by exports that were killed (their PID is gone)."""
+    removed = []
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        prefix = next((p for p in _TEMP_PREFIXES if entry.startswith(p)), None)
+        if prefix is None:
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so it dumps as strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def _write_json(path: str, obj: Any) -> bytes:
+    data = (json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n").encode()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
 
 
 def _log(verbose: bool, message: str) -> None:
@@ -60,21 +144,46 @@ def export_bundle(
     report_images: int = 0,
     dataset: str | None = None,
     verbose: bool = True,
+    thresholds_from: str = "val",
 ) -> dict[str, Any]:
     """Exports a run as a bundle folder (see docs/export.md); returns the report.
+
+    The bundle is written to a temporary sibling of ``out_dir`` and renamed into place; an
+    existing ``out_dir`` is replaced only if it is a bundle this project wrote, and never if it
+    is the run, inside it or above it.
 
     Args:
         precisions: any of "float32", "float16", "int8".
         standalone: also write ``exit_k.tflite`` (image -> exit k) per precision.
         calibration_images: training images (not validation) for int8 calibration.
         report_images: test images for the accuracy checks (0: all).
+        thresholds_from: where the budget thresholds are fitted: "val" (the run's validation
+            split), "train" (up to 5,000 training-split images: optimistic, the model has seen
+            them; for runs trained with --val_size 0) or "none" (no table: the runner then
+            needs explicit thresholds, or runs every image to the last exit).
     """
+    if not precisions:
+        raise ValueError("--precision: give at least one of " + ", ".join(PRECISIONS))
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"--precision must be among {', '.join(PRECISIONS)}, got {p!r}")
+    if thresholds_from not in THRESHOLD_SOURCES:
+        raise ValueError(f"--thresholds_from must be one of {', '.join(THRESHOLD_SOURCES)}, got {thresholds_from!r}")
+    if "int8" in precisions and calibration_images < 1:
+        raise ValueError(f"--calibration_images must be >= 1 for int8 (got {calibration_images})")
+    if report_images < 0:
+        raise ValueError(f"--report_images must be >= 0 (0: all), got {report_images}")
     start_time = time.time()
     run = load_run(run_dir)
+    check_out_dir(out_dir, run_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    for entry in clean_stale_temporaries(parent):
+        _log(verbose, f"removed {os.path.join(parent, entry)} (left by an export that was killed)")
     data, train_idx, val_idx = load_run_data(run, dataset)
+    if thresholds_from == "val" and len(val_idx) == 0:
+        raise ValueError(f"{run_dir} has no validation split (--val_size 0), so there is nothing to fit the "
+                         "budget thresholds on: pass --thresholds_from train (optimistic: the model has seen "
+                         "those images) or --thresholds_from none")
     model = load_checkpoint(run, checkpoint)
     logits = run_logits(run, checkpoint, dataset=dataset, verbose=0, loaded=(data, val_idx, model))
     mean = np.asarray(run.preprocessing["mean"], np.float32)
@@ -87,9 +196,11 @@ def export_bundle(
     calib_idx = np.sort(rng.choice(train_idx, size=min(calibration_images, len(train_idx)), replace=False))
     calib_feeds = run_keras_stages(stages, normalize(data.train_images[calib_idx]))
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".tmp-bundle-", dir=parent)
+    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-bundle-{os.getpid()}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes 0700 folders; a bundle is meant to be shared
     try:
         files: dict[str, list[str]] = {}
         standalone_files: dict[str, list[str]] = {}
@@ -120,11 +231,19 @@ def export_bundle(
                     standalone_files[precision].append(name)
                     _log(verbose, f"  {name}")
 
-        val_probs = softmax(logits["val_logits"])
-        table = threshold_table(val_probs, logits["val_labels"], run.exit_macs)
+        if thresholds_from == "val":
+            table = threshold_table(softmax(logits["val_logits"]), logits["val_labels"], run.exit_macs)
+        elif thresholds_from == "train":
+            fit_idx = np.sort(rng.choice(train_idx, size=min(5000, len(train_idx)), replace=False))
+            fit_logits = np.stack([np.asarray(o) for o in model.predict(
+                normalize(data.train_images[fit_idx]), batch_size=500, verbose=0)])
+            table = threshold_table(softmax(fit_logits), data.train_labels[fit_idx], run.exit_macs)
+        else:
+            table = []
         shutil.copy(cascade_runner.__file__, os.path.join(tmp_dir, "cascade_runner.py"))
+        shutil.copy(portable.__file__, os.path.join(tmp_dir, "portable.py"))
         all_files = [n for names in list(files.values()) + list(standalone_files.values()) for n in names]
-        all_files.append("cascade_runner.py")
+        all_files += ["cascade_runner.py", "portable.py"]
         manifest = {
             "format_version": cascade_runner.FORMAT_VERSION,
             "preset": run.preset,
@@ -149,20 +268,25 @@ def export_bundle(
                 for p in precisions
             },
             "thresholds": table,
+            "thresholds_fitted_on": {"val": "validation split", "train": "training-split images (optimistic)",
+                                     "none": "nothing: no budget table"}[thresholds_from],
+            "threshold_encoding": "exit at stage k when the top softmax probability >= thresholds[k]; "
+                                  "0 means always, null means never",
             "source_run": os.path.abspath(run_dir),
             "checkpoint": checkpoint,
             "sha256": {name: cascade_runner.sha256_file(os.path.join(tmp_dir, name)) for name in all_files},
         }
-        with open(os.path.join(tmp_dir, cascade_runner.MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2)
+        manifest_bytes = _write_json(os.path.join(tmp_dir, cascade_runner.MANIFEST), manifest)
+        with open(os.path.join(tmp_dir, cascade_runner.MANIFEST_DIGEST), "w") as f:
+            f.write(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {cascade_runner.MANIFEST}\n")
 
         report = _check_bundle(tmp_dir, precisions, standalone, data, logits, run.exit_macs, report_images, verbose)
         report["export_seconds"] = round(time.time() - start_time, 1)
-        with open(os.path.join(tmp_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        _write_json(os.path.join(tmp_dir, "report.json"), report)
 
+        check_out_dir(out_dir, run_dir)  # again: it may have changed during the export
         if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".old-bundle-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".old-bundle-{os.getpid()}-", dir=parent)
             os.rename(out_dir, os.path.join(old, "b"))
             os.rename(tmp_dir, out_dir)
             shutil.rmtree(old)

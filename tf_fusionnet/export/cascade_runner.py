@@ -18,29 +18,45 @@ This file is copied into every bundle; it never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import importlib.util
 import json
+import math
 import os
 import sys
 import time
+from typing import Iterable, Iterator
 
 import numpy as np
 
+
+def _load_portable():
+    """The image-mode rule and file checks shared with training: the bundle's own copy when this
+    file runs from a bundle, the package's otherwise (never a module found elsewhere on sys.path)."""
+    sibling = os.path.join(os.path.dirname(os.path.abspath(__file__)), "portable.py")
+    if os.path.exists(sibling):
+        spec = importlib.util.spec_from_file_location("_tf_fusionnet_bundle_portable", sibling)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    from tf_fusionnet import portable
+
+    return portable
+
+
+_portable = _load_portable()
+sha256_file = _portable.sha256_file
+IMAGE_EXTENSIONS = _portable.IMAGE_EXTENSIONS
+
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MANIFEST_DIGEST = "manifest.sha256"  # "HEX  manifest.json": `sha256sum -c manifest.sha256` checks it
+FORMAT_VERSION = 2
+# Thresholds in the manifest are strict JSON: a number in [0, 1] (exit when the top softmax
+# probability is >= it; 0 means always) or null (never exit at this stage).
+NEVER_EXIT = None
 
 
 class BundleError(Exception):
     """A bundle, an image or an argument the runner cannot use; the message is for the user."""
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -50,18 +66,111 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def encode_thresholds(thresholds) -> list:
+    """Per-exit thresholds as strict JSON values (+inf -> null, -inf -> 0.0)."""
+    encoded = []
+    for t in thresholds:
+        t = float(t)
+        if math.isnan(t):
+            raise ValueError("a threshold is NaN")
+        encoded.append(NEVER_EXIT if t == math.inf else min(max(t, 0.0), 1.0))
+    return encoded
+
+
+def decode_thresholds(values) -> list[float]:
+    return [math.inf if v is NEVER_EXIT else float(v) for v in values]
+
+
+def _fail(key: str, expected: str) -> None:
+    raise BundleError(f"{MANIFEST}: key {key!r} {expected}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_manifest(manifest) -> None:
+    """Checks every key the runner reads, naming the first missing or bad one."""
+    if not isinstance(manifest, dict):
+        _fail("(top level)", "must be a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{MANIFEST}: format version {manifest.get('format_version')!r}, this runner reads "
+                          f"{FORMAT_VERSION} (re-export the run with this version of tf_fusionnet)")
+    k = manifest.get("num_exits")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        _fail("num_exits", "must be an integer >= 1")
+    shape = (manifest.get("input") or {}).get("shape") if isinstance(manifest.get("input"), dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)
+            and shape[2] in (1, 2, 3, 4)):
+        _fail("input.shape", "must be [height, width, channels] with 1 to 4 channels")
+    norm = manifest.get("normalization")
+    for part in ("mean", "std"):
+        values = norm.get(part) if isinstance(norm, dict) else None
+        if not (isinstance(values, list) and len(values) == shape[2] and all(_is_number(v) for v in values)):
+            _fail(f"normalization.{part}", f"must be a list of {shape[2]} finite numbers")
+    if any(v <= 0 for v in norm["std"]):
+        _fail("normalization.std", "must be positive")
+    names = manifest.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        _fail("class_names", "must be a list of strings or null")
+    macs = manifest.get("exit_macs")
+    if not (isinstance(macs, list) and len(macs) == k and all(_is_number(m) and m > 0 for m in macs)):
+        _fail("exit_macs", f"must be a list of {k} positive numbers")
+    precisions = manifest.get("precisions")
+    if not isinstance(precisions, dict) or not precisions:
+        _fail("precisions", "must be a non-empty object")
+    for name, entry in precisions.items():
+        stages = entry.get("stages") if isinstance(entry, dict) else None
+        if not (isinstance(stages, list) and len(stages) == k and all(isinstance(f, str) for f in stages)):
+            _fail(f"precisions.{name}.stages", f"must be a list of {k} file names")
+    table = manifest.get("thresholds")
+    if not isinstance(table, list):
+        _fail("thresholds", "must be a list")
+    for i, entry in enumerate(table):
+        values = entry.get("thresholds") if isinstance(entry, dict) else None
+        if not (isinstance(values, list) and len(values) == k
+                and all(v is NEVER_EXIT or (_is_number(v) and 0 <= v <= 1) for v in values)):
+            _fail(f"thresholds[{i}].thresholds", f"must be {k} numbers in [0, 1] or null")
+        for field in ("budget_macs",):
+            if not _is_number(entry.get(field)):
+                _fail(f"thresholds[{i}].{field}", "must be a finite number")
+        shares = entry.get("val_exit_shares")
+        if not (isinstance(shares, list) and len(shares) == k and all(_is_number(v) for v in shares)):
+            _fail(f"thresholds[{i}].val_exit_shares", f"must be a list of {k} numbers")
+    digests = manifest.get("sha256")
+    if not (isinstance(digests, dict) and all(isinstance(v, str) and len(v) == 64 for v in digests.values())):
+        _fail("sha256", "must map file names to sha256 hex digests")
+
+
 def load_manifest(bundle: str) -> dict:
+    """Reads, digest-checks and validates a bundle's manifest."""
     path = os.path.join(bundle, MANIFEST)
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        _portable.check_regular_file(path)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise BundleError(f"{bundle}: no {MANIFEST}; not a tf_fusionnet bundle") from None
-    except (OSError, ValueError) as error:
-        raise BundleError(f"{path}: unreadable ({error})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format version {manifest.get('format_version')!r}, "
-                          f"this runner reads {FORMAT_VERSION}")
+    except OSError as error:
+        raise BundleError(f"{path}: unreadable ({error.strerror or error})") from None
+    try:
+        with open(os.path.join(bundle, MANIFEST_DIGEST)) as f:
+            recorded = f.read().split()[0]
+    except (OSError, IndexError):
+        raise BundleError(f"{bundle}: no readable {MANIFEST_DIGEST}; the manifest cannot be checked") from None
+    import hashlib
+
+    if hashlib.sha256(raw).hexdigest() != recorded:
+        raise BundleError(f"{path}: does not match {MANIFEST_DIGEST} (edited or corrupt bundle)")
+
+    def refuse_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BundleError(f"{path}: not strict JSON ({error})") from None
+    validate_manifest(manifest)
     return manifest
 
 
@@ -72,6 +181,10 @@ def verify_files(bundle: str, manifest: dict, names) -> None:
         expected = manifest["sha256"].get(name)
         if not os.path.exists(path):
             raise BundleError(f"{path}: missing from the bundle")
+        try:
+            _portable.check_regular_file(path)
+        except OSError as error:
+            raise BundleError(str(error)) from None
         if expected is None or sha256_file(path) != expected:
             raise BundleError(f"{path}: sha256 does not match the manifest (corrupt or modified bundle)")
 
@@ -79,6 +192,9 @@ def verify_files(bundle: str, manifest: dict, names) -> None:
 def thresholds_for_budget(manifest: dict, budget: float) -> dict:
     """The manifest's entry with the largest fitted budget not above ``budget``."""
     table = sorted(manifest["thresholds"], key=lambda e: e["budget_macs"])
+    if not table:
+        raise BundleError("the bundle has no fitted thresholds (exported with --thresholds_from none); "
+                          "give --thresholds or run without a budget")
     fitting = [e for e in table if e["budget_macs"] <= budget]
     if not fitting:
         raise BundleError(f"--budget {budget:.0f} MACs is below the cheapest entry of the bundle "
@@ -100,8 +216,6 @@ class CascadeRunner:
 
     def __init__(self, bundle: str, precision: str = "float32", threads: int = 1,
                  budget: float | None = None, thresholds=None):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.bundle = bundle
         self.manifest = load_manifest(bundle)
         if precision not in self.manifest["precisions"]:
@@ -111,26 +225,35 @@ class CascadeRunner:
         files = self.manifest["precisions"][precision]["stages"]
         verify_files(bundle, self.manifest, files)
         self.runners = []
+        with _portable.captured_stderr_fd((BundleError,)):  # LiteRT's "Created ... XNNPACK delegate" lines
+            self._load_stages(bundle, files, threads)
+        self.exit_macs = [float(m) for m in self.manifest["exit_macs"]]
+        self.num_exits = len(self.runners)
+        self.input_shape = tuple(self.manifest["input"]["shape"])
+        self.channels = self.input_shape[2]
+        self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
+        self.std = np.asarray(self.manifest["normalization"]["std"], np.float32)
+        if thresholds is not None:
+            self.thresholds = [float(t) for t in thresholds]
+            if any(math.isnan(t) for t in self.thresholds):
+                raise BundleError("thresholds must be numbers, not NaN")
+            if len(self.thresholds) != self.num_exits:
+                raise BundleError(f"{len(self.thresholds)} thresholds given for {self.num_exits} exits")
+        elif budget is not None:
+            self.thresholds = decode_thresholds(thresholds_for_budget(self.manifest, budget)["thresholds"])
+        else:  # no early exit: always the last exit
+            self.thresholds = [float("inf")] * (self.num_exits - 1) + [float("-inf")]
+        self.thresholds[-1] = float("-inf")
+
+    def _load_stages(self, bundle: str, files, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
         for name in files:
             try:
                 interpreter = Interpreter(model_path=os.path.join(bundle, name), num_threads=threads)
                 self.runners.append(interpreter.get_signature_runner("serve"))
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
-        self.exit_macs = [float(m) for m in self.manifest["exit_macs"]]
-        self.num_exits = len(self.runners)
-        self.input_shape = tuple(self.manifest["input"]["shape"])
-        self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
-        self.std = np.asarray(self.manifest["normalization"]["std"], np.float32)
-        if thresholds is not None:
-            self.thresholds = [float(t) for t in thresholds]
-            if len(self.thresholds) != self.num_exits:
-                raise BundleError(f"{len(self.thresholds)} thresholds given for {self.num_exits} exits")
-        elif budget is not None:
-            self.thresholds = [float(t) for t in thresholds_for_budget(self.manifest, budget)["thresholds"]]
-        else:  # no early exit: always the last exit
-            self.thresholds = [float("inf")] * (self.num_exits - 1) + [float("-inf")]
-        self.thresholds[-1] = float("-inf")
 
     # -- inputs -----------------------------------------------------------------
 
@@ -217,11 +340,14 @@ class CascadeRunner:
     def stage_latency_ms(self, repeats: int = 20, cache: str | None = None) -> list[float]:
         """Median latency (batch 1) of every stage on this device, measured once and cached."""
         key = f"{self.precision}:{self.manifest['sha256'][self.manifest['precisions'][self.precision]['stages'][0]]}"
-        if cache and os.path.exists(cache):
-            with open(cache) as f:
-                stored = json.load(f)
-            if stored.get("key") == key:
-                return stored["stage_ms"]
+        if cache and os.path.isfile(cache):
+            try:
+                with open(cache) as f:
+                    stored = json.load(f)
+                if stored.get("key") == key and len(stored["stage_ms"]) == self.num_exits:
+                    return [float(v) for v in stored["stage_ms"]]
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                pass  # unreadable or foreign: measured again and rewritten below
         feed = {"image": np.zeros((1,) + self.input_shape, np.float32)}
         latencies = []
         for k in range(self.num_exits):
@@ -255,55 +381,130 @@ class CascadeRunner:
         if best is None:
             raise BundleError(f"--latency_budget_ms {budget_ms} is below what this device needs "
                               f"for the cheapest entry (stage 1 alone takes {cumulative[0]:.2f} ms)")
-        self.thresholds = [float(t) for t in best[1]["thresholds"]]
+        self.thresholds = decode_thresholds(best[1]["thresholds"])
         self.thresholds[-1] = float("-inf")
         return {"expected_ms": best[0], "budget_macs": best[1]["budget_macs"], "stage_ms": cumulative.tolist()}
 
 
-def read_image(path: str, shape) -> np.ndarray:
-    """Decodes an image file with Pillow into uint8 (H, W, C), checking its size and channels."""
+def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
+    """Decodes an image file into uint8 (H, W, C) under the training loader's mode rule.
+
+    Returns the array and whether the image had to be converted to the model's channels.
+    """
     try:
         from PIL import Image
     except ImportError:
         raise BundleError("reading image files needs Pillow: pip install pillow") from None
     try:
+        _portable.check_regular_file(path)
         with Image.open(path) as img:
             img.load()
-            channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 3, "CMYK": 4}.get(img.mode)
-            if channels is None:
-                raise BundleError(f"{path}: unsupported image mode {img.mode}")
-            if img.mode == "P":
-                img = img.convert("RGB")
-            array = np.asarray(img, dtype=np.uint8)
-    except BundleError:
-        raise
+            array, converted = _portable.image_to_array(img, int(shape[2]))
+    except _portable.ImageModeError as error:
+        raise BundleError(f"{path}: {error}") from None
     except Exception as error:
         raise BundleError(f"{path}: not a readable image ({error})") from None
-    array = array[..., None] if array.ndim == 2 else array
     if array.shape != tuple(shape):
         raise BundleError(f"{path}: image is {'x'.join(map(str, array.shape))} (HxWxC), the model takes "
                           f"{'x'.join(map(str, shape))}")
-    return array
+    return array, converted
+
+
+def iter_images(paths) -> Iterator[str]:
+    """Image files named or found (recursively, sorted) under folders; lazily, so a folder of a
+    million images is never listed in memory at once."""
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                for n in sorted(names):
+                    full = os.path.join(root, n)
+                    if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full):
+                        yield full
+        elif os.path.exists(path):
+            if not os.path.isfile(path):
+                raise BundleError(f"{path}: not a regular file or folder")
+            yield path
+        else:
+            raise BundleError(f"{path}: no such file or folder")
 
 
 def list_images(paths) -> list[str]:
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            for root, _, names in sorted(os.walk(path)):
-                files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-        elif os.path.exists(path):
-            files.append(path)
-        else:
-            raise BundleError(f"{path}: no such file or folder")
+    files = list(iter_images(paths))
     if not files:
-        raise BundleError("no images found (png/jpg/bmp/gif/webp)")
+        raise BundleError("no images found (" + "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ")")
     return files
+
+
+class RunningSummary:
+    """Totals over a stream of results: constant memory whatever the number of images."""
+
+    def __init__(self, num_exits: int):
+        self.count = 0
+        self.total_ms = 0.0
+        self.total_macs = 0.0
+        self.exit_counts = [0] * num_exits
+        self.converted = 0
+        self.deadline_hits = 0
+
+    def add(self, result: dict) -> None:
+        self.count += 1
+        self.total_ms += result["ms"]
+        self.total_macs += result["macs"]
+        self.exit_counts[result["exit"] - 1] += 1
+        self.deadline_hits += bool(result.get("deadline_hit"))
+
+    def line(self, channels: int) -> str:
+        n = max(1, self.count)
+        text = (f"{self.count} images: mean {self.total_ms / n:.2f} ms, mean {self.total_macs / n / 1e6:.2f}M MACs; "
+                "exits " + ", ".join(f"{k + 1}: {c}" for k, c in enumerate(self.exit_counts)))
+        if self.deadline_hits:
+            text += f"; {self.deadline_hits} answered at the deadline"
+        if self.converted:
+            text += f"; {self.converted} converted to {channels} channel(s)"
+        return text
+
+
+def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: int = 1,
+                   deadline_ms: float | None = None, summary: RunningSummary | None = None) -> Iterator[dict]:
+    """Streams ``{"file", "class", ...}`` results, reading ``batch_size`` images at a time."""
+    names = runner.manifest.get("class_names") or []
+    chunk: list[str] = []
+
+    def flush():
+        images = []
+        for path in chunk:
+            array, converted = read_image(path, runner.input_shape)
+            images.append(array)
+            if summary is not None:
+                summary.converted += converted
+        for path, r in zip(chunk, runner.classify(np.stack(images), deadline_ms)):
+            r = {"file": path, **r}
+            if names and r["class"] < len(names):
+                r["label"] = names[r["class"]]
+            if summary is not None:
+                summary.add(r)
+            yield r
+
+    for path in files:
+        chunk.append(path)
+        if len(chunk) >= batch_size:
+            yield from flush()
+            chunk = []
+    if chunk:
+        yield from flush()
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise BundleError(message)
+
+
+def _positive(name: str, value, allow_zero: bool = False):
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise BundleError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value}")
 
 
 def main(argv=None) -> int:
@@ -321,7 +522,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     try:
         args = parser.parse_args(argv)
-        thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
+        _positive("--budget", args.budget)
+        _positive("--latency_budget_ms", args.latency_budget_ms)
+        _positive("--deadline_ms", args.deadline_ms, allow_zero=True)
+        if args.threads < 1 or args.batch_size < 1:
+            raise BundleError("--threads and --batch_size must be integers >= 1")
+        thresholds = None
+        if args.thresholds:
+            try:
+                thresholds = [float(t) for t in args.thresholds.split(",")]
+            except ValueError:
+                raise BundleError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
         runner = CascadeRunner(args.bundle, args.precision, args.threads, args.budget, thresholds)
         if args.latency_budget_ms is not None:
             chosen = runner.use_latency_budget(args.latency_budget_ms,
@@ -329,30 +540,25 @@ def main(argv=None) -> int:
             if not args.json:
                 print(f"latency budget {args.latency_budget_ms} ms: expected {chosen['expected_ms']:.2f} ms "
                       f"(thresholds of the {chosen['budget_macs'] / 1e6:.1f}M-MAC entry)")
-        files = list_images(args.images)
-        names = runner.manifest.get("class_names") or []
-        results = []
-        for start in range(0, len(files), max(1, args.batch_size)):
-            chunk = files[start:start + max(1, args.batch_size)]
-            images = np.stack([read_image(f, runner.input_shape) for f in chunk])
-            for path, r in zip(chunk, runner.classify(images, args.deadline_ms)):
-                r = {"file": path, **r}
-                if names:
-                    r["label"] = names[r["class"]]
-                results.append(r)
-                if args.json:
-                    print(json.dumps(r))
-                else:
-                    print(f"{path}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
-                          f"{r['macs'] / 1e6:.2f}M MACs, {r['ms']:.2f} ms")
+        summary = RunningSummary(runner.num_exits)
+        for r in classify_files(runner, iter_images(args.images), args.batch_size, args.deadline_ms, summary):
+            if args.json:
+                print(json.dumps(r))
+            else:
+                print(f"{r['file']}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
+                      f"{r['macs'] / 1e6:.2f}M MACs, {r['ms']:.2f} ms")
+        if summary.count == 0:
+            raise BundleError("no images found (" + "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ")")
         if not args.json:
-            n = len(results)
-            print(f"{n} images: mean {np.mean([r['ms'] for r in results]):.2f} ms, "
-                  f"mean {np.mean([r['macs'] for r in results]) / 1e6:.2f}M MACs; exits "
-                  + ", ".join(f"{k + 1}: {sum(r['exit'] == k + 1 for r in results)}" for k in range(runner.num_exits)))
+            print(summary.line(runner.channels))
+        elif summary.converted:
+            print(f"note: {summary.converted} images converted to {runner.channels} channel(s)", file=sys.stderr)
     except BundleError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

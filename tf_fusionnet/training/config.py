@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import field
 from typing import Any
 
@@ -21,6 +22,8 @@ class TrainConfig:
                       "local CIFAR archive/folder or an image folder ROOT/{train,test}/<class>/*.")
     tfds_data_dir: str = _f("", "tensorflow-datasets data dir (default: tfds' own).")
     image_size: str = _f("", "Resize every image to H,W (default: keep the data's size).")
+    channels: int = _f(0, "Channels of an image folder (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA); 0: the majority "
+                       "of the training images'. Every image is converted to it (docs/reliability.md).")
     val_size: int = _f(-1, "Training images held out for validation; -1: 5000 for CIFAR, 10% for folders.")
     seed: int = _f(0, "Seed of the validation split, the shuffling, augmentation and initialisation.")
     # Model
@@ -55,7 +58,44 @@ class TrainConfig:
     inter_op_threads: int = _f(0, "TensorFlow inter-op threads (0: TensorFlow's choice). 2 with "
                                "--intra_op_threads 1 trained fastest on the project's 2-core CPUs.")
     intra_op_threads: int = _f(0, "TensorFlow intra-op threads (0: TensorFlow's choice).")
-    verbose: int = _f(1, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+    verbose: int = _f(-1, "-1: a progress bar on a terminal, one line per epoch otherwise; 0 silent; 1 progress "
+                      "bar; 2 one line per epoch; 3 as 2 plus TensorFlow's C++ start-up log.")
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first setting out of its range (before any work is done)."""
+        finite = lambda v: math.isfinite(v)
+        checks = [
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("lr", finite(self.lr) and (self.lr > 0 or self.lr == -1), "> 0 (or -1 for the linear-scaling default)"),
+            ("warmup_epochs", finite(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            ("weight_decay_style", self.weight_decay_style in ("coupled", "decoupled"), "coupled or decoupled"),
+            ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("pad", self.pad >= -1, "an integer >= 0 (or -1 for size // 8)"),
+            ("mix_prob", finite(self.mix_prob) and 0 <= self.mix_prob <= 1, "in [0, 1]"),
+            ("cutmix_share", finite(self.cutmix_share) and 0 <= self.cutmix_share <= 1, "in [0, 1]"),
+            ("mixup_alpha", finite(self.mixup_alpha) and self.mixup_alpha > 0, "a number > 0"),
+            ("cutmix_alpha", finite(self.cutmix_alpha) and self.cutmix_alpha > 0, "a number > 0"),
+            ("val_size", self.val_size >= -1, "an integer >= 0 (or -1 for the default)"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("channels", self.channels in (0, 1, 2, 3, 4), "0 (majority), 1, 2, 3 or 4"),
+            ("strategy", self.strategy in ("default", "mirrored", "multiworker"), "default, mirrored or multiworker"),
+            ("num_cpu_devices", self.num_cpu_devices >= 0, "an integer >= 0"),
+            ("inter_op_threads", self.inter_op_threads >= 0, "an integer >= 0"),
+            ("intra_op_threads", self.intra_op_threads >= 0, "an integer >= 0"),
+            ("verbose", self.verbose in (-1, 0, 1, 2, 3), "-1, 0, 1, 2 or 3"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"--{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def keras_verbose(self, stdout_is_terminal: bool) -> int:
+        """Keras ``fit`` verbosity: a progress bar only where a terminal redraws it."""
+        if self.verbose == -1:
+            return 1 if stdout_is_terminal else 2
+        return min(self.verbose, 2)
 
     def peak_lr(self) -> float:
         return self.lr if self.lr > 0 else 0.1 * self.batch_size / 512

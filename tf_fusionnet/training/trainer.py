@@ -27,7 +27,7 @@ from tf_fusionnet.training.config import TrainConfig
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
 # Settings added after runs were first written: a run without them was trained like this.
-_LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False}
+_LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False, "channels": 0}
 # Settings that may change between a run and its resumption without changing the run.
 _RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads"}
 
@@ -59,6 +59,53 @@ def setup_strategy(config: TrainConfig):
     raise ValueError(f"--strategy must be default, mirrored or multiworker, got {config.strategy!r}")
 
 
+RUN_MARKER = ".tf_fusionnet_run"  # marks a folder as a run and holds the trainer's lock (its PID)
+
+
+def _is_run_dir(run_dir: str, entries: list[str]) -> bool:
+    if RUN_MARKER in entries:
+        return True
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return isinstance(json.load(f).get("train"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def claim_run_dir(run_dir: str) -> int:
+    """Makes ``run_dir`` (or checks it is a run of ours) and locks it; returns the lock's fd.
+
+    A non-empty folder that is not a run is refused, so nothing of the user's is overwritten.
+    The lock is an ``flock`` on the marker file: the kernel drops it when the process dies,
+    so a lock left by a killed trainer is taken over, and a live one names its PID.
+    """
+    import fcntl
+
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--output {run_dir}: exists and is not a folder")
+    if os.path.isdir(run_dir):
+        entries = [e for e in os.listdir(run_dir) if not e.startswith(".worker")]
+        if entries and not _is_run_dir(run_dir, entries):
+            raise ValueError(f"--output {run_dir}: a non-empty folder that is not a train.py run; "
+                             "refusing to write into it (give a new or empty folder)")
+    marker = os.path.join(run_dir, RUN_MARKER)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ValueError(f"--output {run_dir}: cannot write there ({error.strerror or error})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(f"--output {run_dir}: another trainer (PID {owner}) is writing this run; "
+                         "wait for it to finish or use another --output") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _is_chief(strategy) -> tuple[bool, int]:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
@@ -74,31 +121,59 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
         h, w = (int(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--image_size must be H,W, got {text!r}") from None
+    if h < 16 or w < 16:
+        raise ValueError(f"--image_size must be at least 16,16, got {text!r}")
     return h, w
 
 
-def parse_exit_weights(text: str, num_exits: int) -> list[float]:
+def parse_exit_weights(text: str, num_exits: int | None = None) -> list[float]:
+    """Per-exit loss weights; with ``num_exits`` None only the format is checked."""
     if not text:
-        return [1.0] * num_exits
-    weights = [float(v) for v in text.split(",")]
-    if len(weights) != num_exits:
+        return [1.0] * (num_exits or 0)
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--exit_weights must be comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise ValueError(f"--exit_weights must be finite, >= 0 and not all 0, got {text!r}")
+    if num_exits is not None and len(weights) != num_exits:
         raise ValueError(f"--exit_weights has {len(weights)} values but the model has {num_exits} exits")
     return weights
 
 
+# What a started run writes before its first epoch ends; removed when such a run is restarted.
+_SETUP_FILES = ("config.json", "split.json", "preprocessing.json", "log.csv")
+
+
+def _has_finished_epoch(run_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in ("model.keras", "backup"))
+
+
 def _check_resume(run_dir: str, config: TrainConfig) -> None:
+    """Refuses to resume a run under other settings; a run that never finished an epoch restarts."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        previous = {**_LEGACY_TRAIN_VALUES, **json.load(f).get("train", {})}
+    try:
+        with open(path) as f:
+            previous = {**_LEGACY_TRAIN_VALUES, **json.load(f).get("train", {})}
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: unreadable ({error}); use another --output") from None
     current = config.to_dict()
     changed = sorted(
         k for k in current if k not in _RESUMABLE_KEYS and k in previous and previous[k] != current[k]
     )
-    if changed:
-        diffs = ", ".join(f"{k}: {previous[k]!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"{run_dir} holds a run with other settings ({diffs}); use another --output")
+    if not changed:
+        return
+    if not _has_finished_epoch(run_dir):
+        print(f"{run_dir}: no epoch of the earlier attempt had finished; starting it again with these settings",
+              flush=True)
+        for name in _SETUP_FILES:
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
+        return
+    diffs = ", ".join(f"{k}: {previous[k]!r} -> {current[k]!r}" for k in changed)
+    raise ValueError(f"{run_dir} holds a run with other settings ({diffs}); use another --output")
 
 
 def _check_same_architecture(run_dir: str, model) -> None:
@@ -179,30 +254,49 @@ def exit_accuracy_keys(num_exits: int, validation: bool) -> list[str]:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Runs (or resumes) a training run; returns the last epoch's logs and the run dir."""
+    config.validate()
+    parse_image_size(config.image_size)
+    parse_exit_weights(config.exit_weights)
+    from tf_fusionnet.presets import PRESETS
+
+    if config.preset not in PRESETS:
+        raise ValueError(f"Unknown preset {config.preset!r}. Available: {', '.join(PRESETS)}.")
     strategy = setup_strategy(config)
+    run_dir = config.run_dir()
+    is_chief, task_id = _is_chief(strategy)
+    if not is_chief:  # other workers write their copies aside, as Keras recommends
+        run_dir = os.path.join(run_dir, f".worker{task_id}")
+    lock = claim_run_dir(run_dir)
+    try:
+        return _train_locked(config, strategy, run_dir)
+    finally:
+        os.close(lock)
+
+
+def _train_locked(config: TrainConfig, strategy, run_dir: str) -> dict[str, Any]:
+    import sys
 
     import keras
 
     from tf_fusionnet.data.pipeline import AugmentConfig, make_eval_dataset, make_train_dataset, normalization_stats
     from tf_fusionnet.macs import exit_macs
-    from tf_fusionnet.presets import PRESETS, build_model
+    from tf_fusionnet.presets import build_model
     from tf_fusionnet.training.callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochCSVLog
 
-    if config.preset not in PRESETS:
-        raise ValueError(f"Unknown preset {config.preset!r}. Available: {', '.join(PRESETS)}.")
-    run_dir = config.run_dir()
-    is_chief, task_id = _is_chief(strategy)
-    if not is_chief:  # other workers write their copies aside, as Keras recommends
-        run_dir = os.path.join(run_dir, f".worker{task_id}")
-    os.makedirs(run_dir, exist_ok=True)
     _check_resume(run_dir, config)
 
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
-    data = load_dataset(config.dataset, config.tfds_data_dir or None, parse_image_size(config.image_size))
+    data = load_dataset(config.dataset, config.tfds_data_dir or None, parse_image_size(config.image_size),
+                        channels=config.channels)
+    for note in data.notes:
+        print(note, flush=True)
     train_idx, val_idx = prepare_split(data, run_dir, config.val_size, config.seed)
+    if len(train_idx) < config.batch_size:
+        raise ValueError(f"--batch_size {config.batch_size} is larger than the {len(train_idx)} training images "
+                         "(after the validation split); pass a smaller --batch_size")
     x_train, y_train = data.train_images[train_idx], data.train_labels[train_idx]
     x_val, y_val = data.train_images[val_idx], data.train_labels[val_idx]
     mean, std = normalization_stats(x_train)
@@ -282,7 +376,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     ]
     try:
         history = model.fit(
-            train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose,
+            train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
+            verbose=config.keras_verbose(sys.stdout.isatty()),
             shuffle=False,  # make_train_dataset shuffles; Keras would only warn that it ignores this
         )
     except ValueError as error:

@@ -1,0 +1,34 @@
+"""Start-up of the entry scripts: TensorFlow's environment, a quiet import, one-line errors.
+
+Import this before anything that loads TensorFlow: ``setup_environment`` only sets
+environment variables TensorFlow reads when it loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from tf_fusionnet.portable import captured_stderr_fd
+
+
+def setup_environment() -> None:
+    """TensorFlow's settings for every script, unless the environment already sets them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TF leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX (e.g. AMD Zen 3); on, training
+    # runs 1.6x faster there (docs/training.md).
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def import_tensorflow(verbose: bool = False):
+    """Imports TensorFlow and initialises its devices, hiding its C++ start-up log unless ``verbose``."""
+    context = contextlib.nullcontext() if verbose else captured_stderr_fd()
+    with context:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device init logs the CUDA probe: keep it inside
+        import keras  # noqa: F401
+    return tf
+
+
+__all__ = ["setup_environment", "captured_stderr_fd", "import_tensorflow"]
