@@ -51,6 +51,14 @@ def main(argv):
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from tf_fusionnet.evaluation.runs import load_run
+
+    try:
+        for run_dir in FLAGS.run:
+            load_run(run_dir)  # before TensorFlow loads: a wrong path is answered at once
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     from tf_fusionnet.console import import_tensorflow
 
     import_tensorflow(verbose=FLAGS.verbose)

@@ -40,10 +40,17 @@ def main(argv):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from tf_fusionnet.data.sources import DataError
+    from tf_fusionnet.training.trainer import precheck
+
+    try:
+        precheck(config)
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     from tf_fusionnet.console import import_tensorflow
 
     import_tensorflow(verbose=config.verbose == 3)
-    from tf_fusionnet.data.sources import DataError
     from tf_fusionnet.training import format_exit_table, train
 
     try:

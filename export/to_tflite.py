@@ -42,6 +42,16 @@ def main(argv):
         return 2
     import contextlib
 
+    from tf_fusionnet.evaluation.runs import load_run
+    from tf_fusionnet.export.destination import check_export_arguments, check_out_dir
+
+    try:  # before TensorFlow loads: a wrong path or number is answered at once
+        load_run(FLAGS.run)
+        check_out_dir(FLAGS.out, FLAGS.run)
+        check_export_arguments(FLAGS.precision, FLAGS.calibration_images, FLAGS.report_images, FLAGS.thresholds_from)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     from tf_fusionnet.console import captured_stderr_fd, import_tensorflow
 
     import_tensorflow(verbose=FLAGS.verbose)

@@ -39,7 +39,17 @@ def _runner_module(bundle_dir):
 def test_bundle_layout_manifest_and_report(bundle):
     b = bundle["bundle"]
     manifest = json.load(open(os.path.join(b, "manifest.json")))
-    assert manifest["format_version"] == 1 and manifest["num_exits"] == 3
+    assert manifest["format_version"] == 2 and manifest["num_exits"] == 3
+    # Strict JSON that any phone's parser reads: no NaN/Infinity anywhere, and a digest sidecar.
+    raw = open(os.path.join(b, "manifest.json"), "rb").read()
+    json.loads(raw, parse_constant=lambda name: pytest.fail(f"{name} in manifest.json"))
+    json.loads(open(os.path.join(b, "report.json")).read(), parse_constant=lambda name: pytest.fail(name))
+    import hashlib
+
+    assert open(os.path.join(b, "manifest.sha256")).read() == f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n"
+    for entry in manifest["thresholds"]:
+        assert entry["thresholds"][-1] == 0.0  # the last exit always answers
+        assert all(t is None or 0.0 <= t <= 1.0 for t in entry["thresholds"])
     assert manifest["input"]["shape"] == [32, 32, 3] and len(manifest["normalization"]["mean"]) == 3
     assert manifest["class_names"][0] == "airplane"
     assert manifest["precisions"]["float32"]["stages"] == [f"float32/stage_{k}.tflite" for k in (1, 2, 3)]
@@ -51,7 +61,7 @@ def test_bundle_layout_manifest_and_report(bundle):
     assert len(manifest["thresholds"]) >= 3
     for name, digest in manifest["sha256"].items():
         assert os.path.exists(os.path.join(b, name)) and len(digest) == 64
-    assert os.path.exists(os.path.join(b, "cascade_runner.py"))
+    assert os.path.exists(os.path.join(b, "cascade_runner.py")) and "portable.py" in manifest["sha256"]
     report = json.load(open(os.path.join(b, "report.json")))
     f32 = report["precisions"]["float32"]
     assert f32["within_1e-4"] and max(f32["max_abs_logit_diff_vs_keras"]) <= 1e-4
@@ -138,7 +148,8 @@ def test_runner_refuses_bad_input(bundle, tmp_path):
     assert wrong.returncode == 1 and "16x16x3" in wrong.stderr
     gray = tmp_path / "gray.png"
     Image.new("L", (32, 32)).save(gray)
-    assert _run_cli(bundle["bundle"], str(gray)).returncode == 1
+    converted = _run_cli(bundle["bundle"], str(gray))  # training's rule: grey -> RGB, and said so
+    assert converted.returncode == 0 and "1 converted to 3 channel(s)" in converted.stdout
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a jpeg")
     unreadable = _run_cli(bundle["bundle"], str(junk))

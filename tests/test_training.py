@@ -113,8 +113,15 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
     (run).mkdir()
     config = TrainConfig(output=str(run), preset="fusionnet-tiny", batch_size=64, verbose=2, epochs=1)
     (run / "config.json").write_text(json.dumps({"train": config.to_dict()}))
+    (run / "model.keras").write_bytes(b"an epoch finished")
     result = _train(run, "--epochs", "5")
     assert result.returncode == 1 and "epochs: 1 -> 5" in result.stderr
+    # A run that never finished an epoch starts again under the new settings.
+    (run / "model.keras").unlink()
+    restarted = _train(run, "--epochs", "1", "--batch_size", "32")
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "starting it again with these settings" in restarted.stdout
+    assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 32
 
 
 def test_optimizer_schedule_and_weight_decay():

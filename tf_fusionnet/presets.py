@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+import importlib
+from typing import TYPE_CHECKING, Any, Sequence
 
-import keras
+if TYPE_CHECKING:
+    import keras
 
-from tf_fusionnet.models.multi_exit import FusionNet, MSDNet
-
-MODEL_CLASSES = {"MSDNet": MSDNet, "FusionNet": FusionNet}
+# Class names, resolved on use: reading the presets does not load TensorFlow.
+MODEL_CLASSES = {"MSDNet": "tf_fusionnet.models.multi_exit", "FusionNet": "tf_fusionnet.models.multi_exit"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "msdnet-cifar-anytime": {
@@ -73,7 +74,7 @@ def build_model(
     num_classes: int = 10,
     image_shape: Sequence[int] = (32, 32, 3),
     **overrides: Any,
-) -> keras.Model:
+) -> "keras.Model":
     """Builds a preset's model.
 
     Args:
@@ -89,5 +90,6 @@ def build_model(
     """
     config = preset_config(preset)
     config.update(overrides)
-    cls = MODEL_CLASSES[PRESETS[preset]["class"]]
+    class_name = PRESETS[preset]["class"]
+    cls = getattr(importlib.import_module(MODEL_CLASSES[class_name]), class_name)
     return cls(num_classes=num_classes, image_shape=tuple(image_shape), **config)

@@ -69,3 +69,31 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return versions
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count and the SIMD flags that decide TensorFlow's and LiteRT's kernels.
+
+    Benchmarks record it: throughput differs up to 2.5x between the project's machines, so a
+    figure means something only next to the CPU it was measured on.
+    """
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "simd_flags": [f for f in SIMD_FLAGS if f in flags]}

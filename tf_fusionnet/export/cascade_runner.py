@@ -225,11 +225,17 @@ class CascadeRunner:
         files = self.manifest["precisions"][precision]["stages"]
         verify_files(bundle, self.manifest, files)
         self.runners = []
-        with _portable.captured_stderr_fd((BundleError,)):  # LiteRT's "Created ... XNNPACK delegate" lines
-            self._load_stages(bundle, files, threads)
         self.exit_macs = [float(m) for m in self.manifest["exit_macs"]]
-        self.num_exits = len(self.runners)
         self.input_shape = tuple(self.manifest["input"]["shape"])
+        # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2 when it loads and first
+        # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
+        with _portable.captured_stderr_fd((BundleError,)):
+            self._load_stages(bundle, files, threads)
+            feed = {"image": np.zeros((1,) + self.input_shape, np.float32)}
+            for k in range(len(self.runners)):
+                feed = self._run_stage(k, feed)
+                feed.pop("logits")
+        self.num_exits = len(self.runners)
         self.channels = self.input_shape[2]
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
         self.std = np.asarray(self.manifest["normalization"]["std"], np.float32)
@@ -465,34 +471,45 @@ class RunningSummary:
         return text
 
 
-def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: int = 1,
-                   deadline_ms: float | None = None, summary: RunningSummary | None = None) -> Iterator[dict]:
-    """Streams ``{"file", "class", ...}`` results, reading ``batch_size`` images at a time."""
-    names = runner.manifest.get("class_names") or []
-    chunk: list[str] = []
-
-    def flush():
-        images = []
-        for path in chunk:
-            array, converted = read_image(path, runner.input_shape)
-            images.append(array)
-            if summary is not None:
-                summary.converted += converted
-        for path, r in zip(chunk, runner.classify(np.stack(images), deadline_ms)):
-            r = {"file": path, **r}
-            if names and r["class"] < len(names):
-                r["label"] = names[r["class"]]
+def classify_batches(runner: "CascadeRunner", batches: Iterable[tuple[list, np.ndarray]],
+                     deadline_ms: float | None = None, summary: RunningSummary | None = None) -> Iterator[dict]:
+    """Streams one result per image for ``(names, uint8 images)`` batches; keeps nothing behind."""
+    class_names = runner.manifest.get("class_names") or []
+    for names, images in batches:
+        for name, r in zip(names, runner.classify(images, deadline_ms)):
+            if name is not None:
+                r = {"file": name, **r}
+            if class_names and r["class"] < len(class_names):
+                r["label"] = class_names[r["class"]]
             if summary is not None:
                 summary.add(r)
             yield r
 
-    for path in files:
-        chunk.append(path)
-        if len(chunk) >= batch_size:
-            yield from flush()
-            chunk = []
-    if chunk:
-        yield from flush()
+
+def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: int = 1,
+                   deadline_ms: float | None = None, summary: RunningSummary | None = None) -> Iterator[dict]:
+    """Streams ``{"file", "class", ...}`` results, reading ``batch_size`` images at a time."""
+
+    def batches():
+        chunk: list[str] = []
+        for path in files:
+            chunk.append(path)
+            if len(chunk) >= batch_size:
+                yield chunk, _read_all(chunk)
+                chunk = []
+        if chunk:
+            yield chunk, _read_all(chunk)
+
+    def _read_all(paths):
+        images = []
+        for path in paths:
+            array, converted = read_image(path, runner.input_shape)
+            images.append(array)
+            if summary is not None:
+                summary.converted += converted
+        return np.stack(images)
+
+    return classify_batches(runner, batches(), deadline_ms, summary)
 
 
 class _Parser(argparse.ArgumentParser):

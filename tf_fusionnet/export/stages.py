@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import keras
 import numpy as np
 
-PRECISIONS = ("float32", "float16", "int8")
+from tf_fusionnet.export.destination import PRECISIONS  # noqa: E402  (one list for checks and conversion)
 
 
 def stage_io_names(model: keras.Model, k: int) -> tuple[list[str], list[str]]:

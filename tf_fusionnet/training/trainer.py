@@ -72,12 +72,14 @@ def _is_run_dir(run_dir: str, entries: list[str]) -> bool:
         return False
 
 
-def claim_run_dir(run_dir: str) -> int:
+def claim_run_dir(run_dir: str, record_pid: bool = False) -> int:
     """Makes ``run_dir`` (or checks it is a run of ours) and locks it; returns the lock's fd.
 
     A non-empty folder that is not a run is refused, so nothing of the user's is overwritten.
     The lock is an ``flock`` on the marker file: the kernel drops it when the process dies,
-    so a lock left by a killed trainer is taken over, and a live one names its PID.
+    so a lock left by a killed trainer is taken over, and a live one names its PID. The PID is
+    written (``record_pid`` or :func:`record_owner`) only once the run is known to go ahead, so
+    a trainer that is refused leaves the run's files as they were.
     """
     import fcntl
 
@@ -97,13 +99,31 @@ def claim_run_dir(run_dir: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        owner = os.read(fd, 64).decode(errors="replace").strip()
         os.close(fd)
+        if not (owner.isdigit() and _pid_alive(int(owner))):
+            owner = "not yet recorded: it is starting"
         raise ValueError(f"--output {run_dir}: another trainer (PID {owner}) is writing this run; "
                          "wait for it to finish or use another --output") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if record_pid:
+        record_owner(fd)
     return fd
+
+
+def record_owner(lock_fd: int) -> None:
+    """Writes this process's PID into a held run lock, for a second trainer's error message."""
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_chief(strategy) -> tuple[bool, int]:
@@ -252,15 +272,28 @@ def exit_accuracy_keys(num_exits: int, validation: bool) -> list[str]:
     return [f"{prefix}exit_{k}_accuracy" for k in range(1, num_exits + 1)]
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Runs (or resumes) a training run; returns the last epoch's logs and the run dir."""
+def precheck(config: TrainConfig) -> None:
+    """Every check that needs no TensorFlow: settings, preset, data path, output folder and lock.
+
+    Run before TensorFlow loads, so a user's mistake is answered in about a second.
+    """
+    from tf_fusionnet.presets import PRESETS
+
     config.validate()
     parse_image_size(config.image_size)
     parse_exit_weights(config.exit_weights)
-    from tf_fusionnet.presets import PRESETS
-
     if config.preset not in PRESETS:
         raise ValueError(f"Unknown preset {config.preset!r}. Available: {', '.join(PRESETS)}.")
+    if config.dataset not in ("sample", "cifar10", "cifar100") and not os.path.exists(config.dataset):
+        raise DataError(f"--dataset {config.dataset!r}: no such file or folder (use sample, cifar10, cifar100 "
+                        "or a path to a local copy)")
+    if config.strategy != "multiworker":  # a worker's folder depends on its TF_CONFIG role
+        os.close(claim_run_dir(config.run_dir()))
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Runs (or resumes) a training run; returns the last epoch's logs and the run dir."""
+    precheck(config)
     strategy = setup_strategy(config)
     run_dir = config.run_dir()
     is_chief, task_id = _is_chief(strategy)
@@ -268,12 +301,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         run_dir = os.path.join(run_dir, f".worker{task_id}")
     lock = claim_run_dir(run_dir)
     try:
-        return _train_locked(config, strategy, run_dir)
+        return _train_locked(config, strategy, run_dir, lock)
     finally:
         os.close(lock)
 
 
-def _train_locked(config: TrainConfig, strategy, run_dir: str) -> dict[str, Any]:
+def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dict[str, Any]:
     import sys
 
     import keras
@@ -325,6 +358,7 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str) -> dict[str, Any]
         )
 
     _check_same_architecture(run_dir, model)
+    record_owner(lock)  # the run goes ahead: from here on its files change
     macs = exit_macs(model)
     atomic_write_json(
         os.path.join(run_dir, "config.json"),
@@ -417,4 +451,4 @@ def format_exit_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["train", "format_exit_table", "make_optimizer", "prepare_split", "setup_strategy", "DataError"]
+__all__ = ["train", "precheck", "claim_run_dir", "format_exit_table", "make_optimizer", "prepare_split", "setup_strategy", "DataError"]

@@ -1,0 +1,89 @@
+"""Where a bundle may be written: checks that run before any TensorFlow work (no TF import here).
+
+An export never destroys what is not its own: ``--out`` may replace only a folder that holds a
+bundle this project wrote and nothing else, and never the run, a folder inside it or above it.
+Temporary folders are named with the exporting process's PID, so a later export can tell which
+ones a killed export left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+BUNDLE_ENTRIES = {"manifest.json", "manifest.sha256", "report.json", "cascade_runner.py", "portable.py",
+                  "float32", "float16", "int8", "__pycache__"}
+_TEMP_PREFIXES = (".tmp-bundle-", ".old-bundle-")
+THRESHOLD_SOURCES = ("val", "train", "none")
+
+
+def _is_our_bundle(path: str) -> bool:
+    """A folder this project wrote: a manifest with its keys, and nothing else beside its own files."""
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(manifest, dict) and {"format_version", "stages", "precisions", "sha256"} <= set(manifest)):
+        return False
+    return all(e in BUNDLE_ENTRIES or (e.startswith("latency_") and e.endswith(".json")) for e in os.listdir(path))
+
+
+def check_out_dir(out_dir: str, run_dir: str) -> None:
+    """Refuses an --out that would destroy something that is not a bundle of ours."""
+    out, run = os.path.realpath(out_dir), os.path.realpath(run_dir)
+    if out == run or out.startswith(run + os.sep) or run.startswith(out.rstrip(os.sep) + os.sep) or out == os.sep:
+        raise ValueError(f"--out {out_dir}: is the run, inside it or above it; choose a folder outside {run_dir}")
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            raise ValueError(f"--out {out_dir}: exists and is not a folder; refusing to replace it")
+        if os.listdir(out_dir) and not _is_our_bundle(out_dir):
+            raise ValueError(f"--out {out_dir}: exists and is not a bundle written by export/to_tflite.py "
+                             "(or holds other files); refusing to replace it")
+
+
+def clean_stale_temporaries(parent: str) -> list[str]:
+    """Removes temporary bundle folders left by exports that were killed (their PID is gone)."""
+    removed = []
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        prefix = next((p for p in _TEMP_PREFIXES if entry.startswith(p)), None)
+        if prefix is None:
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+PRECISIONS = ("float32", "float16", "int8")
+
+
+def check_export_arguments(precisions, calibration_images: int, report_images: int, thresholds_from: str) -> None:
+    """Raises ValueError naming the first export argument out of range."""
+    if not precisions:
+        raise ValueError("--precision: give at least one of " + ", ".join(PRECISIONS))
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"--precision must be among {', '.join(PRECISIONS)}, got {p!r}")
+    if thresholds_from not in THRESHOLD_SOURCES:
+        raise ValueError(f"--thresholds_from must be one of {', '.join(THRESHOLD_SOURCES)}, got {thresholds_from!r}")
+    if "int8" in precisions and calibration_images < 1:
+        raise ValueError(f"--calibration_images must be >= 1 for int8, got {calibration_images}")
+    if report_images < 0:
+        raise ValueError(f"--report_images must be >= 0 (0: all), got {report_images}")
