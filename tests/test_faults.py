@@ -135,6 +135,16 @@ def test_train_refuses_bad_flags(work, args, rc, pattern):
     assert not os.path.exists(out)  # nothing half-written
 
 
+def test_train_refuses_a_fifo_as_dataset(work):
+    fifo = os.path.join(work["root"], "data.tar.gz")
+    os.mkfifo(fifo)
+    before = snapshot(work["root"])
+    out = os.path.join(work["root"], "new_run")
+    result = script("train.py", "--output", out, "--dataset", fifo, "--preset", "fusionnet-tiny", cwd=work["root"])
+    assert_one_line_error(result.returncode, result.stderr, 1, r"not a folder or a regular file")
+    assert_unchanged(before, work["root"])
+
+
 def test_train_refuses_a_users_non_empty_folder(work):
     before = snapshot(work["root"])
     result = script("train.py", "--output", work["user"], cwd=work["root"])

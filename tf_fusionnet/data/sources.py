@@ -85,6 +85,8 @@ class _Files:
                     names.append(os.path.relpath(os.path.join(root, f), path).replace(os.sep, "/"))
             self.names = sorted(names)
         else:
+            if not os.path.isfile(path):  # a FIFO or a device would block tarfile forever
+                raise DataError(f"{path}: not a folder or a regular file")
             try:
                 self._tar = tarfile.open(path)
             except (tarfile.TarError, OSError) as error:
