@@ -336,6 +336,15 @@ def test_export_refuses_a_run_without_validation_data(work):
     assert_one_line_error(result.returncode, result.stderr, 1, r"no validation split .* --thresholds_from")
     assert_unchanged(before, work["root"])
     assert not [e for e in os.listdir(work["root"]) if e.startswith(".tmp-bundle-")]
+    # Told where to fit them, it exports, and says so in the manifest.
+    from tf_fusionnet.export.bundle import export_bundle
+
+    out = os.path.join(work["root"], "b3")
+    export_bundle(work["run"], out, precisions=("float32",), report_images=10, verbose=False, thresholds_from="train")
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["thresholds_fitted_on"].startswith("training-split") and manifest["thresholds"]
+    export_bundle(work["run"], out, precisions=("float32",), report_images=10, verbose=False, thresholds_from="none")
+    assert json.load(open(os.path.join(out, "manifest.json")))["thresholds"] == []
 
 
 def test_stale_temporaries_of_killed_exports_are_removed(work):

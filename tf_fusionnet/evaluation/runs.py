@@ -118,7 +118,7 @@ def logits_cache_key(run: Run, checkpoint_path: str, data: ImageDataset, val_idx
     for array in (data.train_images[val_idx], data.train_labels[val_idx], data.test_images, data.test_labels):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.tobytes() if array.size == 0 else memoryview(array).cast("B"))
     parts = {
         "version": LOGITS_CACHE_VERSION,
         "checkpoint": sha256_file(checkpoint_path),
