@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
 
 setup_environment()
 
@@ -57,7 +57,7 @@ def main(argv):
         for run_dir in FLAGS.run:
             load_run(run_dir)  # before TensorFlow loads: a wrong path is answered at once
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     from tf_fusionnet.console import import_tensorflow
 
@@ -77,7 +77,7 @@ def main(argv):
             paths = compare_runs(summaries, FLAGS.out)
             print("overlay plots: " + ", ".join(paths))
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     return 0
 

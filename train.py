@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
 
 setup_environment()
 
@@ -38,7 +38,7 @@ def main(argv):
     try:
         config.validate()
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     from tf_fusionnet.data.sources import DataError
     from tf_fusionnet.training.trainer import precheck
@@ -46,7 +46,7 @@ def main(argv):
     try:
         precheck(config)
     except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     from tf_fusionnet.console import import_tensorflow
 
@@ -56,7 +56,7 @@ def main(argv):
     try:
         result = train(config)
     except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"\nrun: {result['run_dir']}  (last epoch)")
     print(format_exit_table(result))

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
 
 setup_environment()
 
@@ -50,7 +50,7 @@ def main(argv):
         check_out_dir(FLAGS.out, FLAGS.run)
         check_export_arguments(FLAGS.precision, FLAGS.calibration_images, FLAGS.report_images, FLAGS.thresholds_from)
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     from tf_fusionnet.console import captured_stderr_fd, import_tensorflow
 
@@ -66,7 +66,7 @@ def main(argv):
                                    FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
                                    thresholds_from=FLAGS.thresholds_from)
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"wrote {FLAGS.out}/ in {report['export_seconds']} s (manifest.json, report.json, cascade_runner.py)")
     return 0

@@ -117,7 +117,8 @@ TRAIN_BAD_FLAGS = [
     (["--cutmix_alpha", "0"], 2, r"--cutmix_alpha"),
     (["--exit_weights", "1,x"], 1, r"--exit_weights must be comma-separated numbers"),
     (["--exit_weights", "0,0,0"], 1, r"--exit_weights must be finite, >= 0 and not all 0"),
-    (["--image_size", "4,4"], 1, r"--image_size must be at least 16,16"),
+    (["--image_size", "4,4"], 1, r"--image_size must be between 16,16 and 2048,2048"),
+    (["--image_size", "100000,100000"], 1, r"--image_size must be between"),
     (["--image_size", "abc"], 1, r"--image_size must be H,W"),
     (["--preset", "resnet-9000"], 1, r"Unknown preset 'resnet-9000'"),
     (["--dataset", "/no/such/data"], 1, r"no such file or folder"),
@@ -143,6 +144,23 @@ def test_train_refuses_a_fifo_as_dataset(work):
     result = script("train.py", "--output", out, "--dataset", fifo, "--preset", "fusionnet-tiny", cwd=work["root"])
     assert_one_line_error(result.returncode, result.stderr, 1, r"not a folder or a regular file")
     assert_unchanged(before, work["root"])
+
+
+def test_train_on_a_file_that_is_no_dataset_says_so_in_one_line(work):
+    before = snapshot(work["root"])
+    out = os.path.join(work["root"], "new_run")
+    notes = os.path.join(work["user"], "thesis.txt")
+    result = script("train.py", "--output", out, "--dataset", notes, "--preset", "fusionnet-tiny", cwd=work["root"])
+    assert_one_line_error(result.returncode, result.stderr, 1, r"not a folder or a readable tar archive")
+    assert_unchanged(before, work["root"])
+
+
+def test_resize_that_cannot_fit_in_memory_is_refused():
+    from tf_fusionnet.data.sources import DataError, _check_memory
+
+    with pytest.raises(DataError, match="more than half of this machine's"):
+        _check_memory(1_000_000, (2048, 2048), 3, "a million photos")  # 12.6 TB of uint8
+    _check_memory(800, (32, 32), 3, "the sample")  # 2.5 MB: fine
 
 
 def test_train_refuses_a_users_non_empty_folder(work):

@@ -31,4 +31,9 @@ def import_tensorflow(verbose: bool = False):
     return tf
 
 
-__all__ = ["setup_environment", "captured_stderr_fd", "import_tensorflow"]
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (some libraries' messages span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+__all__ = ["setup_environment", "captured_stderr_fd", "import_tensorflow", "one_line"]

@@ -262,6 +262,19 @@ def _decode_images(
     return np.stack(arrays), converted
 
 
+def _check_memory(num_images: int, image_size: tuple[int, int], channels: int, where: str) -> None:
+    """Refuses a resize whose uint8 arrays would not fit in half of this machine's memory."""
+    needed = num_images * image_size[0] * image_size[1] * channels
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > available // 2:
+        raise DataError(f"{where}: {num_images} images at {image_size[0]}x{image_size[1]}x{channels} need "
+                        f"{needed / 2**30:.1f} GiB in memory, more than half of this machine's "
+                        f"{available / 2**30:.0f} GiB; pass a smaller --image_size")
+
+
 def _try_folder(files: _Files, image_size: tuple[int, int] | None, channels: int = 0) -> ImageDataset | None:
     pattern = re.compile(r"^(?:(.*)/)?(train|test)/([^/]+)/([^/]+)$")
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
@@ -298,6 +311,8 @@ def _try_folder(files: _Files, image_size: tuple[int, int] | None, channels: int
     test_names, yte = listing("test")
     # One channel count for the whole dataset: the training images' majority, unless given.
     chosen = channels or majority_channels(_natural_channels(files, n) for n in train_names)
+    if image_size is not None:
+        _check_memory(len(train_names) + len(test_names), image_size, chosen, files.path)
     xtr, converted_train = _decode_images(files, train_names, image_size, chosen)
     xte, converted_test = _decode_images(files, test_names, image_size, chosen)
     notes = []
@@ -424,6 +439,8 @@ def load_dataset(
 def _resize_all(data: ImageDataset, image_size: tuple[int, int] | None) -> ImageDataset:
     if image_size is None or tuple(data.image_shape[:2]) == tuple(image_size):
         return data
+    # float32 during the resize: four times the uint8 result
+    _check_memory(4 * (len(data.train_images) + len(data.test_images)), image_size, data.image_shape[2], data.source)
     import tensorflow as tf
 
     def resize(x):

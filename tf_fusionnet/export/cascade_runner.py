@@ -571,7 +571,7 @@ def main(argv=None) -> int:
         elif summary.converted:
             print(f"note: {summary.converted} images converted to {runner.channels} channel(s)", file=sys.stderr)
     except BundleError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -134,6 +134,9 @@ def _is_chief(strategy) -> tuple[bool, int]:
     return (task_type == "chief" or (task_type == "worker" and task_id == 0)), task_id
 
 
+MAX_IMAGE_SIDE = 2048  # the loader holds every image in memory; beyond this it is not the tool
+
+
 def parse_image_size(text: str) -> tuple[int, int] | None:
     if not text:
         return None
@@ -141,8 +144,8 @@ def parse_image_size(text: str) -> tuple[int, int] | None:
         h, w = (int(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--image_size must be H,W, got {text!r}") from None
-    if h < 16 or w < 16:
-        raise ValueError(f"--image_size must be at least 16,16, got {text!r}")
+    if not (16 <= h <= MAX_IMAGE_SIDE and 16 <= w <= MAX_IMAGE_SIDE):
+        raise ValueError(f"--image_size must be between 16,16 and {MAX_IMAGE_SIDE},{MAX_IMAGE_SIDE}, got {text!r}")
     return h, w
 
 
