@@ -72,6 +72,7 @@ def _log_rows(run: str) -> list[dict]:
 
 def report() -> str:
     from tf_fusionnet.evaluation.plots import plot_curves
+    from tf_fusionnet.training.trainer import _LEGACY_TRAIN_VALUES
     from tf_fusionnet.utils import atomic_write_json, atomic_write_text, library_versions, machine_info
 
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -85,7 +86,8 @@ def report() -> str:
             "git_commit": config.get("git_commit"),
             "epochs_logged": len(rows),
             "exit_macs": config["exit_macs"],
-            "trainable_recipe": {k: config["train"].get(k) for k in (
+            # Keys a run written before they existed lacks are shown at the value it trained with.
+            "recipe": {k: {**_LEGACY_TRAIN_VALUES, **config["train"]}.get(k) for k in (
                 "epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "weight_decay_style",
                 "decay_norm_and_bias", "mix_prob", "label_smoothing", "seed")},
             "model_config": config["model_config"],
