@@ -136,23 +136,23 @@ def test_train_refuses_bad_flags(work, args, rc, pattern):
     assert not os.path.exists(out)  # nothing half-written
 
 
+def assert_training_refuses_dataset(work, dataset: str, pattern: str) -> None:
+    before = snapshot(work["root"])
+    out = os.path.join(work["root"], "new_run")
+    result = script("train.py", "--output", out, "--dataset", dataset, "--preset", "fusionnet-tiny", cwd=work["root"])
+    assert_one_line_error(result.returncode, result.stderr, 1, pattern)
+    assert_unchanged(before, work["root"])
+
+
 def test_train_refuses_a_fifo_as_dataset(work):
     fifo = os.path.join(work["root"], "data.tar.gz")
     os.mkfifo(fifo)
-    before = snapshot(work["root"])
-    out = os.path.join(work["root"], "new_run")
-    result = script("train.py", "--output", out, "--dataset", fifo, "--preset", "fusionnet-tiny", cwd=work["root"])
-    assert_one_line_error(result.returncode, result.stderr, 1, r"not a folder or a regular file")
-    assert_unchanged(before, work["root"])
+    assert_training_refuses_dataset(work, fifo, r"not a folder or a regular file")
 
 
 def test_train_on_a_file_that_is_no_dataset_says_so_in_one_line(work):
-    before = snapshot(work["root"])
-    out = os.path.join(work["root"], "new_run")
     notes = os.path.join(work["user"], "thesis.txt")
-    result = script("train.py", "--output", out, "--dataset", notes, "--preset", "fusionnet-tiny", cwd=work["root"])
-    assert_one_line_error(result.returncode, result.stderr, 1, r"not a folder or a readable tar archive")
-    assert_unchanged(before, work["root"])
+    assert_training_refuses_dataset(work, notes, r"not a folder or a readable tar archive")
 
 
 def test_resize_that_cannot_fit_in_memory_is_refused():
@@ -210,11 +210,7 @@ def test_train_on_a_truncated_archive(work):
         data = f.read()
     with open(archive, "wb") as f:
         f.write(data[: len(data) // 2])
-    before = snapshot(work["root"])
-    out = os.path.join(work["root"], "new_run")
-    result = script("train.py", "--output", out, "--dataset", archive, "--preset", "fusionnet-tiny", cwd=work["root"])
-    assert_one_line_error(result.returncode, result.stderr, 1, r"truncated or corrupt archive")
-    assert_unchanged(before, work["root"])
+    assert_training_refuses_dataset(work, archive, r"truncated or corrupt archive")
 
 
 def test_train_refuses_to_resume_under_other_settings(work):

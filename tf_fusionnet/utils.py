@@ -97,3 +97,14 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"cpu_model": model, "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "simd_flags": [f for f in SIMD_FLAGS if f in flags]}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 
+from tf_fusionnet.utils import pid_alive
+
 BUNDLE_ENTRIES = {"manifest.json", "manifest.sha256", "report.json", "cascade_runner.py", "portable.py",
                   "float32", "float16", "int8", "__pycache__"}
 _TEMP_PREFIXES = (".tmp-bundle-", ".old-bundle-")
@@ -55,20 +57,10 @@ def clean_stale_temporaries(parent: str) -> list[str]:
         if prefix is None:
             continue
         pid = entry[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 PRECISIONS = ("float32", "float16", "int8")

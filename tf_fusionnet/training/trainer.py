@@ -24,7 +24,7 @@ import numpy as np
 from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
 from tf_fusionnet.data.split import SPLIT_FILE, default_val_size, load_split, make_split, save_split
 from tf_fusionnet.training.config import TrainConfig
-from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
+from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, pid_alive
 
 # Settings added after runs were first written: a run without them was trained like this.
 _LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False, "channels": 0}
@@ -101,7 +101,7 @@ def claim_run_dir(run_dir: str, record_pid: bool = False) -> int:
     except BlockingIOError:
         owner = os.read(fd, 64).decode(errors="replace").strip()
         os.close(fd)
-        if not (owner.isdigit() and _pid_alive(int(owner))):
+        if not (owner.isdigit() and pid_alive(int(owner))):
             owner = "not yet recorded: it is starting"
         raise ValueError(f"--output {run_dir}: another trainer (PID {owner}) is writing this run; "
                          "wait for it to finish or use another --output") from None
@@ -114,16 +114,6 @@ def record_owner(lock_fd: int) -> None:
     """Writes this process's PID into a held run lock, for a second trainer's error message."""
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_chief(strategy) -> tuple[bool, int]:
