@@ -18,6 +18,7 @@ BUNDLE_ENTRIES = {"manifest.json", "manifest.sha256", "report.json", "cascade_ru
                   "float32", "float16", "int8", "__pycache__"}
 _TEMP_PREFIXES = (".tmp-bundle-", ".old-bundle-")
 THRESHOLD_SOURCES = ("val", "train", "none")
+PRECISIONS = ("float32", "float16", "int8")
 
 
 def _is_our_bundle(path: str) -> bool:
@@ -61,9 +62,6 @@ def clean_stale_temporaries(parent: str) -> list[str]:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-PRECISIONS = ("float32", "float16", "int8")
 
 
 def check_export_arguments(precisions, calibration_images: int, report_images: int, thresholds_from: str) -> None:
