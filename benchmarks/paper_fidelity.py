@@ -70,6 +70,26 @@ def _log_rows(run: str) -> list[dict]:
     return rows
 
 
+def _test_comparison() -> list[dict]:
+    """Per-exit test top-1 of both runs and the paired standard error, once both are evaluated."""
+    runs = [os.path.join(FLAGS.work, name) for name in ("before", "after")]
+    if not all(os.path.exists(os.path.join(r, "eval", "logits_model.npz")) for r in runs):
+        return []
+    from tf_fusionnet.evaluation.metrics import paired_difference
+    from tf_fusionnet.evaluation.runs import load_run, run_logits
+
+    before, after = (run_logits(load_run(r), verbose=0) for r in runs)
+    labels = before["test_labels"]
+    rows = []
+    for k in range(len(before["test_logits"])):
+        correct_b = before["test_logits"][k].argmax(-1) == labels
+        correct_a = after["test_logits"][k].argmax(-1) == labels
+        diff, se = paired_difference(correct_a, correct_b)
+        rows.append({"exit": k + 1, "before": float(correct_b.mean()), "after": float(correct_a.mean()),
+                     "difference": diff, "standard_error": se})
+    return rows
+
+
 def report() -> str:
     from tf_fusionnet.evaluation.plots import plot_curves
     from tf_fusionnet.training.trainer import _LEGACY_TRAIN_VALUES
@@ -99,8 +119,10 @@ def report() -> str:
         }
         shutil.copy(os.path.join(run, "log.csv"), os.path.join(FLAGS.out, f"{name}_log.csv"))
     before, after = models["before"], models["after"]
+    test_rows = _test_comparison()
     summary = {"command": "python " + " ".join(sys.argv), "data": os.path.basename(FLAGS.data),
-               "recipe": RECIPE, "models": models, "machine": machine_info(), "versions": library_versions(),
+               "recipe": RECIPE, "models": models, "test_comparison": test_rows,
+               "machine": machine_info(), "versions": library_versions(),
                "note": "validation = the 5,000 held-out training images (never the test set); both runs "
                        "trained concurrently on one 2-core machine, so epoch_seconds are not speeds"}
     atomic_write_json(os.path.join(FLAGS.out, "summary.json"), summary)
@@ -117,6 +139,13 @@ def report() -> str:
                                              after["val_top1"]), start=1):
         lines.append(f"| {k} | {mb / 1e6:.2f} | {100 * vb:.2f} | {ma / 1e6:.2f} | {100 * va:.2f} | "
                      f"{100 * (va - vb):+.2f} |")
+    if test_rows:
+        lines += ["", "Test top-1 (%) per exit on the 10,000 test images (`python evaluate.py --run WORK/before` and "
+                  "`--run WORK/after`), with the paired standard error of the difference (same images):", "",
+                  "| exit | before | after | after - before | paired SE |", "|---|---|---|---|---|"]
+        for row in test_rows:
+            lines.append(f"| {row['exit']} | {100 * row['before']:.2f} | {100 * row['after']:.2f} | "
+                         f"{100 * row['difference']:+.2f} | {100 * row['standard_error']:.2f} |")
     lines.append("")
     text = "\n".join(lines)
     atomic_write_text(os.path.join(FLAGS.out, "results.md"), text)

@@ -18,6 +18,7 @@ arrays in memory, which suits CIFAR-sized data.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -34,6 +35,7 @@ from tf_fusionnet.portable import (
     image_to_array,
     majority_channels,
     natural_channels,
+    sha256_file,
 )
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10_sample")
@@ -384,6 +386,27 @@ def _load_tfds(name: str, data_dir: str | None) -> ImageDataset:
 
 
 # --------------------------------------------------------------------------- entry
+
+
+def source_fingerprint(dataset: str) -> str | None:
+    """sha256 over the bytes of a local dataset: the archive, or every file under the folder
+    (with its relative path). None for tensorflow-datasets names, which have no local path.
+
+    Reading bytes is far cheaper than decoding them, so caches keyed on it need no data load.
+    """
+    path = SAMPLE_DIR if dataset == "sample" else dataset
+    if dataset in ("cifar10", "cifar100") or not os.path.exists(path):
+        return None
+    digest = hashlib.sha256()
+    if os.path.isfile(path):
+        digest.update(sha256_file(path).encode())
+        return digest.hexdigest()
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode() + b"\0" + sha256_file(full).encode())
+    return digest.hexdigest()
 
 
 def load_dataset(

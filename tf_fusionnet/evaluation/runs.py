@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tf_fusionnet.data.sources import ImageDataset, load_dataset
+from tf_fusionnet.data.sources import ImageDataset, load_dataset, source_fingerprint
 from tf_fusionnet.data.split import SPLIT_FILE, load_split
 from tf_fusionnet.portable import sha256_file
 from tf_fusionnet.utils import atomic_path
@@ -112,18 +112,32 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
     return model
 
 
-def logits_cache_key(run: Run, checkpoint_path: str, data: ImageDataset, val_idx: np.ndarray) -> str:
-    """A digest of everything the cached logits depend on (see :func:`run_logits`)."""
-    digest = hashlib.sha256()
-    for array in (data.train_images[val_idx], data.train_labels[val_idx], data.test_images, data.test_labels):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes() if array.size == 0 else memoryview(array).cast("B"))
+def logits_cache_key(run: Run, checkpoint_path: str, dataset: str | None = None,
+                     data: ImageDataset | None = None, val_idx: np.ndarray | None = None) -> str:
+    """A digest of everything the cached logits depend on (see :func:`run_logits`).
+
+    The data enters as the sha256 of its source bytes (archive or folder), with the loader
+    settings that turn them into arrays; for a tensorflow-datasets name, which has no local
+    bytes to hash, as a digest of the evaluated arrays themselves (``data`` and ``val_idx``).
+    """
+    train_config = run.config["train"]
+    spec = dataset or train_config["dataset"]
+    source = source_fingerprint(spec)
+    if source is None:
+        if data is None:
+            raise ValueError("a tensorflow-datasets source is fingerprinted from its arrays: pass data")
+        digest = hashlib.sha256()
+        for array in (data.train_images[val_idx], data.train_labels[val_idx], data.test_images, data.test_labels):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes() if array.size == 0 else memoryview(array).cast("B"))
+        source = "arrays:" + digest.hexdigest()
     parts = {
         "version": LOGITS_CACHE_VERSION,
         "checkpoint": sha256_file(checkpoint_path),
         "split": sha256_file(os.path.join(run.run_dir, SPLIT_FILE)),
-        "data": digest.hexdigest(),
+        "data": source,
+        "loader": {"image_size": train_config.get("image_size") or "", "channels": int(train_config.get("channels", 0))},
         "preprocessing": {k: run.preprocessing.get(k) for k in ("mean", "std", "image_shape")},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -139,11 +153,11 @@ def run_logits(
 ) -> dict[str, np.ndarray]:
     """Per-exit logits on validation and test, cached in ``RUN/eval/logits_<checkpoint>.npz``.
 
-    The cache key covers everything the logits depend on: the checkpoint's and the split
-    file's sha256, a fingerprint of the validation and test images and labels actually
-    evaluated (so ``--dataset OTHER`` is never served the run's own numbers), the
-    normalisation, and :data:`LOGITS_CACHE_VERSION`. An unreadable cache is rebuilt, and
-    says so. ``loaded``: ``(data, val_indices, model)`` a caller already has, so a cache
+    The cache key covers everything the logits depend on (:func:`logits_cache_key`): the
+    checkpoint's and the split file's sha256, the sha256 of the data's source bytes (so
+    ``--dataset OTHER`` is never served the run's own numbers) with the loader settings, the
+    normalisation, and :data:`LOGITS_CACHE_VERSION`. A cache hit loads neither the data nor
+    the model. An unreadable cache is rebuilt, and says so. ``loaded``: ``(data, val_indices, model)`` a caller already has, so a cache
     miss does not decode the dataset or load the checkpoint a second time.
 
     Returns a dict with ``val_logits``, ``test_logits`` (K, N, C) and
@@ -152,11 +166,11 @@ def run_logits(
     path = run.checkpoint_path(checkpoint)
     if not os.path.exists(path):
         raise RunError(f"{path}: missing (has the run finished an epoch?)")
-    if loaded is None:
+    data, val_idx = (loaded[0], loaded[1]) if loaded is not None else (None, None)
+    spec = dataset or run.config["train"]["dataset"]
+    if data is None and source_fingerprint(spec) is None:  # tfds: fingerprinted from the arrays
         data, _, val_idx = load_run_data(run, dataset)
-    else:
-        data, val_idx, _ = loaded
-    key = logits_cache_key(run, path, data, val_idx)
+    key = logits_cache_key(run, path, dataset, data, val_idx)
     cache = os.path.join(run.eval_dir, f"logits_{checkpoint}.npz")
     if os.path.exists(cache):
         try:
@@ -169,6 +183,8 @@ def run_logits(
 
     from tf_fusionnet.data.pipeline import make_eval_dataset
 
+    if data is None:
+        data, _, val_idx = load_run_data(run, dataset)
     model = load_checkpoint(run, checkpoint) if loaded is None else loaded[2]
     mean, std = run.preprocessing["mean"], run.preprocessing["std"]
 
