@@ -8,17 +8,17 @@ and writes benchmarks/results/train_throughput.json.
 """
 
 import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX (e.g. AMD Zen 3); on: 1.6x faster training.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+
+setup_environment()
 
 import json
 import subprocess
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 

@@ -12,13 +12,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(tmp_path_factory, tiny_run):
     from tf_fusionnet.export.bundle import export_bundle
-    from tf_fusionnet.training import TrainConfig, train
 
     base = tmp_path_factory.mktemp("export")
-    run_dir = str(base / "run")
-    train(TrainConfig(preset="fusionnet-tiny", epochs=1, batch_size=64, verbose=0, output=run_dir))
+    run_dir = tiny_run
     out = str(base / "bundle")
     export_bundle(run_dir, out, precisions=("float32", "float16", "int8"), standalone=True, verbose=False)
     return {"run": run_dir, "bundle": out}

@@ -72,18 +72,14 @@ def runner_module(bundle_dir: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny trained run and its float32 + int8 bundle (never modified by a case: copied first)."""
+def trained(tmp_path_factory, tiny_run):
+    """The shared tiny run and its float32 + int8 bundle (never modified by a case: copied first)."""
     from tf_fusionnet.export.bundle import export_bundle
-    from tf_fusionnet.training import TrainConfig, train
 
-    base = tmp_path_factory.mktemp("faults")
-    run = str(base / "run")
-    train(TrainConfig(preset="fusionnet-tiny", epochs=1, batch_size=64, verbose=0, output=run))
-    bundle = str(base / "bundle")
-    export_bundle(run, bundle, precisions=("float32", "int8"), calibration_images=8, report_images=20,
+    bundle = str(tmp_path_factory.mktemp("faults") / "bundle")
+    export_bundle(tiny_run, bundle, precisions=("float32", "int8"), calibration_images=8, report_images=20,
                   verbose=False)
-    return {"run": run, "bundle": bundle}
+    return {"run": tiny_run, "bundle": bundle}
 
 
 @pytest.fixture

@@ -435,13 +435,6 @@ def iter_images(paths) -> Iterator[str]:
             raise BundleError(f"{path}: no such file or folder")
 
 
-def list_images(paths) -> list[str]:
-    files = list(iter_images(paths))
-    if not files:
-        raise BundleError("no images found (" + "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ")")
-    return files
-
-
 class RunningSummary:
     """Totals over a stream of results: constant memory whatever the number of images."""
 
