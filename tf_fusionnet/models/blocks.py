@@ -16,6 +16,8 @@ from typing import Sequence
 
 from keras import initializers, layers
 
+from tf_fusionnet.models.layers import FusedBatchNormalization
+
 BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1 expressed the Keras way.
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm default.
 
@@ -66,6 +68,11 @@ def dense_initializers(scheme: str, fan_in: int) -> tuple[initializers.Initializ
     raise ValueError(f"Unknown initializer {scheme!r}; expected one of {', '.join(INITIALIZERS)}.")
 
 
+def apply_batch_norm(x, name: str):
+    """PyTorch-default BatchNorm (momentum 0.1, eps 1e-5) on TensorFlow's fused kernel."""
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
+
+
 def apply_conv_bn_relu(
     x,
     filters: int,
@@ -84,9 +91,7 @@ def apply_conv_bn_relu(
         kernel_initializer=conv_initializer(initializer),
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
-    )(x)
+    x = apply_batch_norm(x, name=f"{name}_bn")
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -102,9 +107,7 @@ def apply_depthwise_separable(
         depthwise_initializer=conv_initializer(initializer, depthwise=True),
         name=f"{name}_dw",
     )(x)
-    x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_dw_bn"
-    )(x)
+    x = apply_batch_norm(x, name=f"{name}_dw_bn")
     x = layers.ReLU(name=f"{name}_dw_relu")(x)
     return apply_conv_bn_relu(x, filters, 1, name=f"{name}_pw", initializer=initializer)
 
@@ -433,6 +436,7 @@ __all__ = [
     "TRANSITIONS",
     "conv_initializer",
     "dense_initializers",
+    "apply_batch_norm",
     "apply_conv_bn_relu",
     "apply_depthwise_separable",
     "apply_bottleneck_conv",

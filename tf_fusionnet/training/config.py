@@ -10,6 +10,8 @@ import math
 from dataclasses import field
 from typing import Any
 
+from tf_fusionnet.training.precision import JIT_SETTINGS, PRECISIONS
+
 
 def _f(default, help_text: str):
     return field(default=default, metadata={"help": help_text})
@@ -53,8 +55,11 @@ class TrainConfig:
     output: str = _f("", "Run directory (default: runs/<preset>).")
     strategy: str = _f("default", "default | mirrored | multiworker (TF_CONFIG).")
     num_cpu_devices: int = _f(0, "Split the CPU into this many logical devices (to try 'mirrored' without GPUs).")
-    mixed_precision: bool = _f(False, "mixed_float16 compute (GPUs).")
-    jit_compile: bool = _f(False, "XLA-compile the train step (GPUs; slower on the project's CPUs).")
+    precision: str = _f("auto", "auto | float32 | mixed_bfloat16 | mixed_float16. auto: mixed_float16 on a GPU, "
+                        "mixed_bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32 (a resumed run keeps "
+                        "its own); float32 turns it off.")
+    jit_compile: str = _f("auto", "auto | on | off: XLA for the train step; auto: on a GPU only (it halved "
+                          "the throughput on the project's CPUs).")
     inter_op_threads: int = _f(0, "TensorFlow inter-op threads (0: TensorFlow's choice). 2 with "
                                "--intra_op_threads 1 trained fastest on the project's 2-core CPUs.")
     intra_op_threads: int = _f(0, "TensorFlow intra-op threads (0: TensorFlow's choice).")
@@ -81,6 +86,8 @@ class TrainConfig:
             ("val_size", self.val_size >= -1, "an integer >= 0 (or -1 for the default)"),
             ("seed", self.seed >= 0, "an integer >= 0"),
             ("channels", self.channels in (0, 1, 2, 3, 4), "0 (majority), 1, 2, 3 or 4"),
+            ("precision", self.precision in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+            ("jit_compile", self.jit_compile in JIT_SETTINGS, "one of " + ", ".join(JIT_SETTINGS)),
             ("strategy", self.strategy in ("default", "mirrored", "multiworker"), "default, mirrored or multiworker"),
             ("num_cpu_devices", self.num_cpu_devices >= 0, "an integer >= 0"),
             ("inter_op_threads", self.inter_op_threads >= 0, "an integer >= 0"),

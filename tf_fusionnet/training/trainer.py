@@ -24,12 +24,15 @@ import numpy as np
 from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
 from tf_fusionnet.data.split import SPLIT_FILE, default_val_size, load_split, make_split, save_split
 from tf_fusionnet.training.config import TrainConfig
+from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, pid_alive
 
 # Settings added after runs were first written: a run without them was trained like this.
 _LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False, "channels": 0}
 # Settings that may change between a run and its resumption without changing the run.
-_RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads"}
+# Precision and XLA are among them: weights and optimizer state are float32 whatever the compute.
+_RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads",
+                   "precision", "jit_compile"}
 
 
 def setup_strategy(config: TrainConfig):
@@ -189,6 +192,15 @@ def _check_resume(run_dir: str, config: TrainConfig) -> None:
     raise ValueError(f"{run_dir} holds a run with other settings ({diffs}); use another --output")
 
 
+def _previous_run_config(run_dir: str) -> dict | None:
+    """The config.json of a run that has finished an epoch (a resumption), else None."""
+    path = os.path.join(run_dir, "config.json")
+    if not (_has_finished_epoch(run_dir) and os.path.exists(path)):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _check_same_architecture(run_dir: str, model) -> None:
     """Refuses to resume a run whose network the current code (or preset) builds differently."""
     path = os.path.join(run_dir, "config.json")
@@ -260,6 +272,21 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return optimizer
 
 
+def compile_for_training(model, config: TrainConfig, steps_per_epoch: int, jit_compile: bool) -> None:
+    """Compiles ``model`` as train.py trains it: optimizer, per-exit loss and weights, exit metrics."""
+    import keras
+
+    num_exits = len(model.outputs)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    model.compile(
+        optimizer=make_optimizer(config, max(1, steps_per_epoch)),
+        loss=[loss] * num_exits,
+        loss_weights=parse_exit_weights(config.exit_weights, num_exits),
+        metrics=[[keras.metrics.CategoricalAccuracy(name="accuracy")] for _ in range(num_exits)],
+        jit_compile=jit_compile,
+    )
+
+
 def exit_accuracy_keys(num_exits: int, validation: bool) -> list[str]:
     prefix = "val_" if validation else ""
     return [f"{prefix}exit_{k}_accuracy" for k in range(1, num_exits + 1)]
@@ -300,6 +327,25 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dict[str, Any]:
+    import keras
+
+    _check_resume(run_dir, config)
+    precision = resolve_precision(config.precision, _previous_run_config(run_dir))
+    jit_compile = resolve_jit_compile(config.jit_compile)
+    if config.verbose:
+        print(f"precision {precision}, XLA {'on' if jit_compile else 'off'}", flush=True)
+
+    keras.utils.set_random_seed(config.seed)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _train_with_policy(config, strategy, run_dir, lock, precision, jit_compile)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # the process's other models stay as they were
+
+
+def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, precision: str,
+                       jit_compile: bool) -> dict[str, Any]:
     import sys
 
     import keras
@@ -308,12 +354,6 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dic
     from tf_fusionnet.macs import exit_macs
     from tf_fusionnet.presets import build_model
     from tf_fusionnet.training.callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochCSVLog
-
-    _check_resume(run_dir, config)
-
-    keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
 
     data = load_dataset(config.dataset, config.tfds_data_dir or None, parse_image_size(config.image_size),
                         channels=config.channels)
@@ -340,15 +380,7 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dic
     with strategy.scope():
         model = build_model(config.preset, num_classes=data.num_classes, image_shape=data.image_shape)
         num_exits = len(model.outputs)
-        steps_per_epoch = len(x_train) // config.batch_size
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-        model.compile(
-            optimizer=make_optimizer(config, max(1, steps_per_epoch)),
-            loss=[loss] * num_exits,
-            loss_weights=parse_exit_weights(config.exit_weights, num_exits),
-            metrics=[[keras.metrics.CategoricalAccuracy(name="accuracy")] for _ in range(num_exits)],
-            jit_compile=config.jit_compile,
-        )
+        compile_for_training(model, config, len(x_train) // config.batch_size, jit_compile)
 
     _check_same_architecture(run_dir, model)
     record_owner(lock)  # the run goes ahead: from here on its files change
@@ -369,6 +401,8 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dic
             "versions": library_versions(),
             "git_commit": git_commit(),
             "strategy": config.strategy,
+            "precision": precision,
+            "jit_compile": jit_compile,
             "num_replicas": strategy.num_replicas_in_sync,
         },
     )
@@ -392,7 +426,7 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dic
     callbacks = [
         # Order matters: the log and the models of an epoch are on disk before the
         # backup marks the epoch as done.
-        EpochCSVLog(os.path.join(run_dir, "log.csv")),
+        EpochCSVLog(os.path.join(run_dir, "log.csv"), config.batch_size),
         AtomicModelCheckpoint(
             os.path.join(run_dir, "model.keras"),
             os.path.join(run_dir, "best.keras") if val_ds is not None else None,
@@ -444,4 +478,4 @@ def format_exit_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["train", "precheck", "claim_run_dir", "format_exit_table", "make_optimizer", "prepare_split", "setup_strategy", "DataError"]
+__all__ = ["train", "precheck", "claim_run_dir", "compile_for_training", "format_exit_table", "make_optimizer", "prepare_split", "setup_strategy", "DataError"]
