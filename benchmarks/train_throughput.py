@@ -52,7 +52,8 @@ flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision val
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_integer("steps", 12, "Timed steps.")
-flags.DEFINE_string("threads", "0x0", "INTERxINTRA op threads of every measurement (0: TensorFlow's choice).")
+flags.DEFINE_string("threads", "own", "INTERxINTRA op threads of every measurement (0: TensorFlow's choice), or "
+                    "'own': each tree's train.py default (the baseline's 0x0; this tree's auto).")
 flags.DEFINE_integer("real_epochs", 0, "Also train this many real epochs per preset (0: skip).")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Real data.")
 flags.DEFINE_string("out", "benchmarks/results/train_throughput.json", "Result file.")
@@ -123,10 +124,19 @@ def _last_json(text: str) -> dict:
     raise RuntimeError(f"no result in the child's output:\n{text[-2000:]}")
 
 
+BASELINE_DEFAULT_THREADS = "0x0"  # train.py's default before --inter_op_threads auto existed
+
+
 def run_child(tree: str, preset: str, variant: str | None) -> dict:
-    """One measurement in a fresh process (thread pools are fixed once TensorFlow starts)."""
+    """One measurement in a fresh process (thread pools are fixed once TensorFlow starts).
+
+    ``variant`` None: the baseline tree's own child, which knows no variants nor ``own``.
+    """
+    threads = FLAGS.threads
+    if threads == "own" and variant is None:
+        threads = BASELINE_DEFAULT_THREADS
     cmd = [sys.executable, os.path.join(tree, "benchmarks", "train_throughput.py"), "--child",
-           f"--presets={preset}", f"--threads={FLAGS.threads}", f"--batch_size={FLAGS.batch_size}",
+           f"--presets={preset}", f"--threads={threads}", f"--batch_size={FLAGS.batch_size}",
            f"--steps={FLAGS.steps}", f"--warmup_steps={FLAGS.warmup_steps}"]
     if variant is not None:
         cmd.append(f"--variant={variant}")
@@ -147,10 +157,12 @@ def baseline_macs(tree: str, preset: str) -> int:
 def real_epochs(preset: str, epochs: int, work: str) -> dict:
     """Trains ``epochs`` real epochs with train.py; the last epoch's timings from log.csv."""
     run = os.path.join(work, f"real-{preset}")
-    inter, intra = FLAGS.threads.split("x")
+    threads = []
+    if FLAGS.threads != "own":
+        inter, intra = FLAGS.threads.split("x")
+        threads = ["--inter_op_threads", inter, "--intra_op_threads", intra]
     cmd = [sys.executable, "train.py", "--preset", preset, "--dataset", os.path.abspath(FLAGS.data),
-           "--epochs", str(epochs), "--output", run, "--inter_op_threads", inter, "--intra_op_threads", intra,
-           *REAL_RECIPE]
+           "--epochs", str(epochs), "--output", run, *threads, *REAL_RECIPE]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
     if done.returncode:
@@ -201,11 +213,17 @@ def main(argv):
     if FLAGS.child:
         import tensorflow as tf
 
-        inter, intra = (int(v) for v in FLAGS.threads.split("x"))
+        from tf_fusionnet.training.precision import resolve_threads
+
+        if FLAGS.threads == "own":  # exactly what train.py does with its defaults
+            inter, intra = resolve_threads(-1, -1)
+        else:
+            inter, intra = (int(v) for v in FLAGS.threads.split("x"))
         tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         result = measure(FLAGS.presets[0], FLAGS.variant, FLAGS.batch_size, FLAGS.warmup_steps, FLAGS.steps)
-        print(json.dumps({"preset": FLAGS.presets[0], "variant": FLAGS.variant, **result}))
+        print(json.dumps({"preset": FLAGS.presets[0], "variant": FLAGS.variant, "threads": f"{inter}x{intra}",
+                          **result}))
         return 0
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
 
@@ -248,14 +266,20 @@ def main(argv):
         if FLAGS.real_epochs:
             result["real"] = {}
             for preset in FLAGS.presets:
-                synthetic = run_child(ROOT, preset, FLAGS.variants[0])
+                # Synthetic right before and right after, so a drift of the shared machine
+                # during the real epochs shows as a gap between the two.
+                before = run_child(ROOT, preset, FLAGS.variants[0])["images_per_second"]
                 real = real_epochs(preset, FLAGS.real_epochs, work)
-                real["synthetic_images_per_second"] = synthetic["images_per_second"]
-                real["real_over_synthetic"] = round(real["train_images_per_second"] / synthetic["images_per_second"], 3)
+                after = run_child(ROOT, preset, FLAGS.variants[0])["images_per_second"]
+                synthetic = (before + after) / 2
+                real["synthetic_images_per_second"] = [before, after]
+                real["real_over_synthetic"] = round(real["train_images_per_second"] / synthetic, 3)
+                real["epoch_over_synthetic"] = round(real["epoch_images_per_second"] / synthetic, 3)
                 result["real"][preset] = real
                 print(f"real {preset:22s} train pass {real['train_images_per_second']:6.1f} img/s, synthetic "
-                      f"{synthetic['images_per_second']:6.1f} ({real['real_over_synthetic']:.2f}x); whole epoch "
-                      f"{real['per_epoch'][-1]['epoch_seconds']:.0f} s", flush=True)
+                      f"{before:6.1f}/{after:6.1f} ({real['real_over_synthetic']:.2f}x); whole epoch with validation "
+                      f"and checkpoints {real['per_epoch'][-1]['epoch_seconds']:.0f} s "
+                      f"({real['epoch_over_synthetic']:.2f}x)", flush=True)
         for entry in result["summary"]:
             if "median_speedup" in entry:
                 print(f"{entry['preset']:22s} {entry['variant']:16s} median {entry['median_images_per_second']:6.1f} "

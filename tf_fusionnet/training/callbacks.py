@@ -46,8 +46,10 @@ class EpochCSVLog(keras.callbacks.Callback):
     Rows of epochs that are trained again after a resume replace the old ones.
     ``epoch_seconds`` is the epoch's wall clock, its validation pass included, so a run's
     training time is the column's sum whatever the number of restarts. ``train_seconds``
-    and ``val_seconds`` split it, and ``train_images_per_second`` is the training pass's
-    throughput (``batch_size`` images per step; 0: not logged).
+    and ``val_seconds`` split it. ``train_images_per_second`` is the training pass's
+    steady-state throughput: ``batch_size`` images per step over the steps after the
+    epoch's first (which includes tracing the step function after a start or resume);
+    not logged with ``batch_size`` 0 or a one-step epoch.
     """
 
     def __init__(self, path: str, batch_size: int = 0):
@@ -56,15 +58,19 @@ class EpochCSVLog(keras.callbacks.Callback):
         self.batch_size = batch_size
         self._epoch_start: float | None = None
         self._val_start: float | None = None
+        self._first_step_end: float | None = None
         self._steps = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
         self._val_start = None
+        self._first_step_end = None
         self._steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
+        if self._steps == 1:
+            self._first_step_end = time.perf_counter()
 
     def on_test_begin(self, logs=None):
         if self._epoch_start is not None and self._val_start is None:
@@ -84,8 +90,9 @@ class EpochCSVLog(keras.callbacks.Callback):
             row["epoch_seconds"] = f"{end - self._epoch_start:.1f}"
             row["train_seconds"] = f"{train_end - self._epoch_start:.1f}"
             row["val_seconds"] = f"{end - train_end:.1f}"
-            if self.batch_size and self._steps:
-                row["train_images_per_second"] = f"{self._steps * self.batch_size / (train_end - self._epoch_start):.1f}"
+            if self.batch_size and self._steps > 1 and train_end > self._first_step_end:
+                steady = (self._steps - 1) * self.batch_size / (train_end - self._first_step_end)
+                row["train_images_per_second"] = f"{steady:.1f}"
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:  # the rate the epoch ended with
             row["lr"] = f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}"

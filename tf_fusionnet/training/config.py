@@ -60,9 +60,11 @@ class TrainConfig:
                         "its own); float32 turns it off.")
     jit_compile: str = _f("auto", "auto | on | off: XLA for the train step; auto: on a GPU only (it halved "
                           "the throughput on the project's CPUs).")
-    inter_op_threads: int = _f(0, "TensorFlow inter-op threads (0: TensorFlow's choice). 2 with "
-                               "--intra_op_threads 1 trained fastest on the project's 2-core CPUs.")
-    intra_op_threads: int = _f(0, "TensorFlow intra-op threads (0: TensorFlow's choice).")
+    inter_op_threads: int = _f(-1, "TensorFlow inter-op threads. -1 (auto): 2, with 1 intra-op thread, on a "
+                               "2-core machine without a GPU (measured fastest there, docs/training.md), else "
+                               "TensorFlow's choice; 0: TensorFlow's choice.")
+    intra_op_threads: int = _f(-1, "TensorFlow intra-op threads (-1: auto, see --inter_op_threads; 0: "
+                               "TensorFlow's choice).")
     verbose: int = _f(-1, "-1: a progress bar on a terminal, one line per epoch otherwise; 0 silent; 1 progress "
                       "bar; 2 one line per epoch; 3 as 2 plus TensorFlow's C++ start-up log.")
 
@@ -90,8 +92,8 @@ class TrainConfig:
             ("jit_compile", self.jit_compile in JIT_SETTINGS, "one of " + ", ".join(JIT_SETTINGS)),
             ("strategy", self.strategy in ("default", "mirrored", "multiworker"), "default, mirrored or multiworker"),
             ("num_cpu_devices", self.num_cpu_devices >= 0, "an integer >= 0"),
-            ("inter_op_threads", self.inter_op_threads >= 0, "an integer >= 0"),
-            ("intra_op_threads", self.intra_op_threads >= 0, "an integer >= 0"),
+            ("inter_op_threads", self.inter_op_threads >= -1, "an integer >= 0 (or -1 for auto)"),
+            ("intra_op_threads", self.intra_op_threads >= -1, "an integer >= 0 (or -1 for auto)"),
             ("verbose", self.verbose in (-1, 0, 1, 2, 3), "-1, 0, 1, 2 or 3"),
         ]
         for name, ok, expected in checks:

@@ -1,4 +1,4 @@
-"""Which number format and compiler a training run uses, chosen from the machine.
+"""Which number format, compiler and thread pools a training run uses, chosen from the machine.
 
 ``--precision auto`` picks, in this order:
 
@@ -11,12 +11,20 @@
 ``--jit_compile auto`` compiles the train step with XLA on a GPU only: on the
 project's CPUs XLA halved the throughput (docs/training.md).
 
+``--inter_op_threads -1 --intra_op_threads -1`` (auto, the defaults) mean 2 inter-op
+threads of 1 intra-op thread each on a 2-core machine without a GPU: the network's scales
+give two independent convolutions to run at any time, and each is too small to split
+well over two cores (docs/training.md). Elsewhere auto leaves TensorFlow's choice (not
+measured on other machines).
+
 A resumed run with ``auto`` keeps the precision it was started with (recorded in
 its ``config.json``), so one run is not trained half in one format and half in
 another because it was resumed on another machine.
 """
 
 from __future__ import annotations
+
+import os
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_SETTINGS = ("auto", "on", "off")
@@ -67,6 +75,29 @@ def resolve_precision(requested: str, previous_run: dict | None = None) -> str:
     return machine_precision()
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(inter_op: int, intra_op: int, gpus=None, cores: int | None = None) -> tuple[int, int]:
+    """(inter-op, intra-op) thread counts for TensorFlow; 0 is TensorFlow's choice, -1 auto.
+
+    Arguments ``gpus`` and ``cores``: for tests.
+    """
+    if inter_op != -1 and intra_op != -1:
+        return inter_op, intra_op
+    gpus = _gpus() if gpus is None else gpus
+    cores = _usable_cores() if cores is None else cores
+    two_core_cpu = not gpus and cores == 2
+    return (
+        inter_op if inter_op != -1 else (2 if two_core_cpu else 0),
+        intra_op if intra_op != -1 else (1 if two_core_cpu else 0),
+    )
+
+
 def resolve_jit_compile(requested: str) -> bool:
     if requested not in JIT_SETTINGS:
         raise ValueError(f"--jit_compile must be one of {', '.join(JIT_SETTINGS)}, got {requested!r}")
@@ -75,4 +106,5 @@ def resolve_jit_compile(requested: str) -> bool:
     return requested == "on"
 
 
-__all__ = ["PRECISIONS", "JIT_SETTINGS", "machine_precision", "resolve_precision", "resolve_jit_compile"]
+__all__ = ["PRECISIONS", "JIT_SETTINGS", "machine_precision", "resolve_precision", "resolve_jit_compile",
+           "resolve_threads"]

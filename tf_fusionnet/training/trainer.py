@@ -24,7 +24,7 @@ import numpy as np
 from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
 from tf_fusionnet.data.split import SPLIT_FILE, default_val_size, load_split, make_split, save_split
 from tf_fusionnet.training.config import TrainConfig
-from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision
+from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision, resolve_threads
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, pid_alive
 
 # Settings added after runs were first written: a run without them was trained like this.
@@ -39,10 +39,11 @@ def setup_strategy(config: TrainConfig):
     """Creates the tf.distribute strategy; call before any other TensorFlow work."""
     import tensorflow as tf
 
-    if config.inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
-    if config.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
+    inter_op, intra_op = resolve_threads(config.inter_op_threads, config.intra_op_threads)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     if config.num_cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
@@ -326,6 +327,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         os.close(lock)
 
 
+def _thread_text() -> str:
+    import tensorflow as tf
+
+    inter, intra = (tf.config.threading.get_inter_op_parallelism_threads(),
+                    tf.config.threading.get_intra_op_parallelism_threads())
+    return f"{inter or 'default'} inter-op x {intra or 'default'} intra-op"
+
+
 def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dict[str, Any]:
     import keras
 
@@ -333,7 +342,7 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dic
     precision = resolve_precision(config.precision, _previous_run_config(run_dir))
     jit_compile = resolve_jit_compile(config.jit_compile)
     if config.verbose:
-        print(f"precision {precision}, XLA {'on' if jit_compile else 'off'}", flush=True)
+        print(f"precision {precision}, XLA {'on' if jit_compile else 'off'}, threads {_thread_text()}", flush=True)
 
     keras.utils.set_random_seed(config.seed)
     policy = keras.mixed_precision.global_policy()
@@ -403,6 +412,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
             "strategy": config.strategy,
             "precision": precision,
             "jit_compile": jit_compile,
+            "threads": _thread_text(),
             "num_replicas": strategy.num_replicas_in_sync,
         },
     )
