@@ -20,6 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
 
@@ -28,13 +29,14 @@ setup_environment()
 import csv
 import json
 import shutil
-import subprocess
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 from absl import app, flags
+
+from common import cascade_sweep, interpolate, run_command as _run  # noqa: E402
 
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Dataset.")
 flags.DEFINE_list("presets", ["fusionnet-cifar", "msdnet-cifar-anytime"], "Presets to compare.")
@@ -50,42 +52,6 @@ flags.DEFINE_string("out", "benchmarks/results/cifar10_cpu", "Results folder.")
 flags.DEFINE_bool("smoke", False, "Tiny presets on the embedded sample, 1 epoch: checks the pipeline.")
 flags.DEFINE_bool("report_only", False, "Only (re)write results.md from the results already in --out.")
 FLAGS = flags.FLAGS
-
-
-def _run(cmd: list[str]) -> float:
-    print("$ " + " ".join(cmd), flush=True)
-    start = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return round(time.time() - start, 1)
-
-
-def interpolate(xs, ys, x):
-    """Accuracy of a curve at cost x (None outside its range)."""
-    points = sorted(zip(xs, ys))
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    if not xs or x < xs[0] or x > xs[-1]:
-        return None
-    return float(np.interp(x, xs, ys))
-
-
-def cascade_sweep(bundle: str, precision: str, images: np.ndarray, labels: np.ndarray) -> list[dict]:
-    from tf_fusionnet.export.cascade_runner import CascadeRunner, decode_thresholds
-
-    from tqdm import tqdm
-
-    runner = CascadeRunner(bundle, precision=precision, threads=1)
-    points = []
-    for entry in tqdm(runner.manifest["thresholds"], desc=f"cascade {os.path.basename(bundle)} {precision}",
-                      unit="budget"):
-        runner.thresholds = decode_thresholds(entry["thresholds"])
-        runner.thresholds[-1] = float("-inf")
-        start = time.perf_counter()
-        results = [runner.classify(img)[0] for img in images]
-        ms = (time.perf_counter() - start) * 1e3 / len(images)
-        points.append({"budget_macs": entry["budget_macs"], "mean_ms": ms,
-                       "mean_macs": float(np.mean([r["macs"] for r in results])),
-                       "top1": float(np.mean([r["class"] == y for r, y in zip(results, labels)]))})
-    return points
 
 
 def _pct(value) -> str:

@@ -245,3 +245,25 @@ def test_summary_cli_json_and_errors():
     assert listing.returncode == 0 and "fusionnet-tiny" in listing.stdout
     bad = _run_summary("no-such-preset")
     assert bad.returncode != 0 and "Unknown preset" in bad.stderr
+
+
+@pytest.mark.parametrize("preset, reference, switch, last_exit_mmacs", [
+    ("fusionnet-cifar-nofusion", "fusionnet-cifar", {"fusion": False}, 60.12),
+    ("fusionnet-cifar-msdnettransition", "fusionnet-cifar", {"transition": "msdnet"}, 64.65),
+    ("fusionnet-cifar-msdnetstem", "fusionnet-cifar",
+     {"efficient_stem": False, "n_channels": 16, "growth_rate": 6}, 73.16),
+    ("msdnet-cifar-fusion", "msdnet-cifar-anytime", {"fusion": True}, 76.96),
+])
+def test_ablation_presets_change_one_contribution(preset, reference, switch, last_exit_mmacs):
+    from tf_fusionnet.macs import exit_macs
+
+    model, ref = build_model(preset), build_model(reference)
+    config, ref_config = model.get_config(), ref.get_config()
+    shared = set(config) & set(ref_config) - {"name"}
+    changed = {k: config[k] for k in shared if config[k] != ref_config[k]}
+    if reference == "msdnet-cifar-anytime":  # MSDNet has no switches: FusionNet with all off but fusion
+        assert config["efficient_stem"] is False and config["head_type"] == "msdnet"
+        assert config["transition"] == "msdnet"
+        changed["fusion"] = config["fusion"]
+    assert changed == switch
+    assert exit_macs(model)[-1] / 1e6 == pytest.approx(last_exit_mmacs, abs=0.005)

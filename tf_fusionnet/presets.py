@@ -37,6 +37,41 @@ PRESETS: dict[str, dict[str, Any]] = {
             stem_stride=2,
         ),
     },
+    # Ablations of fusionnet-cifar (issue 17): one contribution removed or added at a time.
+    "fusionnet-cifar-nofusion": {
+        "class": "FusionNet",
+        "description": "Ablation: fusionnet-cifar without the fusion layer (MSDNet's cross-scale reads).",
+        "config": dict(
+            num_blocks=7, step_mode="even", step=2, base=4, n_channels=32, growth_rate=12,
+            stem_channels=32, stem_stride=2, fusion=False,
+        ),
+    },
+    "fusionnet-cifar-msdnetstem": {
+        "class": "FusionNet",
+        "description": "Ablation: fusionnet-cifar with MSDNet's stem and widths (16/6), the stem's matched-cost "
+                       "counterpart.",
+        "config": dict(
+            num_blocks=7, step_mode="even", step=2, base=4, n_channels=16, growth_rate=6,
+            efficient_stem=False,
+        ),
+    },
+    "fusionnet-cifar-msdnettransition": {
+        "class": "FusionNet",
+        "description": "Ablation: fusionnet-cifar with MSDNet's transition (the scale-drop layer reads the "
+                       "dropped scale).",
+        "config": dict(
+            num_blocks=7, step_mode="even", step=2, base=4, n_channels=32, growth_rate=12,
+            stem_channels=32, stem_stride=2, transition="msdnet",
+        ),
+    },
+    "msdnet-cifar-fusion": {
+        "class": "FusionNet",
+        "description": "Ablation: msdnet-cifar-anytime plus the fusion layer alone.",
+        "config": dict(
+            num_blocks=7, step_mode="even", step=2, base=4, n_channels=16, growth_rate=6,
+            efficient_stem=False, head_type="msdnet", transition="msdnet",
+        ),
+    },
     "msdnet-tiny": {
         "class": "MSDNet",
         "description": "Tiny MSDNet for tests: 3 exits.",
