@@ -1,0 +1,460 @@
+"""The comparison that can decide (issue 17): a recipe pilot, 30-epoch main runs, ablations, a second seed.
+
+    python benchmarks/cifar10_cpu30.py                 # everything, in order; resumable
+    python benchmarks/cifar10_cpu30.py --phases pilot  # one phase
+    python benchmarks/cifar10_cpu30.py --report_only   # rewrite results.md from --out
+    python benchmarks/cifar10_cpu30.py --smoke         # tiny presets on the embedded sample
+
+Phases, each a list of train.py runs on the 45,000/5,000 split of the CIFAR-10 JPEG archive:
+
+1. ``pilot``: ``--pilot_preset`` (the baseline, MSDNet, so that no FusionNet lead comes from
+   tuning the recipe for FusionNet) for ``--pilot_epochs`` at every peak learning rate of
+   ``--pilot_lrs`` and CutMix/MixUp probability of ``--pilot_mix``. Scored on the validation
+   split only (mean top-1 over the exits at the last epoch, from log.csv); the test set is
+   never read. The best configuration is the recipe of every later phase (``pilot.json``).
+2. ``main``: every model of ``--main_presets`` (RANet too once a ``ranet-cifar`` preset exists)
+   for ``--epochs``; evaluated on the 10,000 test images, exported (float32, int8) and run
+   through the cascade runner.
+3. ``ablation``: FusionNet with one contribution removed (and MSDNet with the fusion layer
+   added) for ``--ablation_epochs``, next to both main models trained as long.
+4. ``seed``: both main models again with ``--seed 1`` for ``--seed_epochs``, so differences
+   are read against run-to-run spread as well as against the test set's paired standard error.
+
+Warmup follows the paper's share (20 of 300 epochs), rounded, at least 1 epoch.
+
+Training is hours per model on 2 CPU cores. Every run resumes from its last finished epoch
+when the command is run again, and a finished run is not trained again. Results only (JSON,
+CSV, logs, plots; no checkpoints) go to ``--out`` as each run finishes; with ``--commit``
+they are committed there and then (``git commit -- OUT``, nothing else is touched).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tf_fusionnet.console import setup_environment  # noqa: E402  (before TensorFlow loads)
+
+setup_environment()
+
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from common import ROOT, cascade_sweep, interpolate, run_command  # noqa: E402
+
+PHASES = ("pilot", "main", "ablation", "seed")
+ABLATIONS = ("fusionnet-cifar-nofusion", "fusionnet-cifar-msdnetstem", "fusionnet-cifar-msdnettransition",
+             "msdnet-cifar-fusion")
+BUDGETS_M = (20, 30, 40, 50, 60)
+
+flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Dataset.")
+flags.DEFINE_list("phases", list(PHASES), "Phases to run, in this order.")
+flags.DEFINE_list("main_presets", ["fusionnet-cifar", "msdnet-cifar-anytime"],
+                  "Main models; the last is the baseline every difference is taken against.")
+flags.DEFINE_integer("epochs", 30, "Epochs of the main runs.")
+flags.DEFINE_integer("ablation_epochs", 10, "Epochs of the ablation runs.")
+flags.DEFINE_integer("seed_epochs", 10, "Epochs of the second-seed runs.")
+flags.DEFINE_string("pilot_preset", "msdnet-cifar-anytime", "Model the recipe is chosen on.")
+flags.DEFINE_integer("pilot_epochs", 5, "Epochs of each pilot run (a full schedule of that length).")
+flags.DEFINE_list("pilot_lrs", ["0.05", "0.1"], "Peak learning rates (batch 128) the pilot tries.")
+flags.DEFINE_list("pilot_mix", ["0", "0.5"], "CutMix/MixUp probabilities the pilot tries.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("cascade_images", 0, "Test images for the cascade sweep (0: all).")
+flags.DEFINE_string("work", os.path.join(ROOT, "..", "cifar10_cpu30-work"),
+                    "Run directories and bundles (outside the checkout, so a fresh checkout keeps them).")
+flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results", "cifar10_cpu30"), "Results folder.")
+flags.DEFINE_bool("commit", False, "git commit --out after each finished run.")
+flags.DEFINE_bool("smoke", False, "Tiny presets on the embedded sample, 1 epoch per run.")
+flags.DEFINE_bool("report_only", False, "Only rewrite results.md from --out.")
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass
+class Job:
+    name: str
+    phase: str
+    preset: str
+    epochs: int
+    seed: int
+    lr: float
+    mix_prob: float
+
+    @property
+    def warmup_epochs(self) -> int:
+        return max(1, round(self.epochs * 20 / 300))
+
+
+def _settings():
+    if FLAGS.smoke:
+        return dict(data="sample", val_size=50, batch=32, main=["fusionnet-tiny", "msdnet-tiny"], ablations=(),
+                    epochs=1, ablation_epochs=1, seed_epochs=1, pilot_epochs=1, pilot_preset="msdnet-tiny")
+    from tf_fusionnet.presets import PRESETS
+
+    main = list(FLAGS.main_presets)
+    if "ranet-cifar" in PRESETS and "ranet-cifar" not in main:
+        main.insert(-1, "ranet-cifar")
+    return dict(data=os.path.abspath(FLAGS.data), val_size=5000, batch=FLAGS.batch_size, main=main,
+                ablations=ABLATIONS, epochs=FLAGS.epochs, ablation_epochs=FLAGS.ablation_epochs,
+                seed_epochs=FLAGS.seed_epochs, pilot_epochs=FLAGS.pilot_epochs, pilot_preset=FLAGS.pilot_preset)
+
+
+def pilot_jobs(s) -> list[Job]:
+    return [Job(f"pilot-lr{lr}-mix{mix}", "pilot", s["pilot_preset"], s["pilot_epochs"], 0, float(lr), float(mix))
+            for lr in FLAGS.pilot_lrs for mix in FLAGS.pilot_mix]
+
+
+def later_jobs(s, lr: float, mix: float) -> list[Job]:
+    jobs = [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in s["main"]]
+    e = s["ablation_epochs"]
+    jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in s["main"][:1] + s["main"][-1:]]
+    jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in s["ablations"]]
+    e = s["seed_epochs"]
+    jobs += [Job(f"{p}-{e}ep-seed1", "seed", p, e, 1, lr, mix) for p in s["main"][:1] + s["main"][-1:]]
+    return jobs
+
+
+def _log_rows(run: str) -> list[dict]:
+    path = os.path.join(run, "log.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def pilot_score(rows: list[dict]) -> dict:
+    """Validation top-1 of the last epoch: mean over exits and last exit (no test data)."""
+    last = rows[-1]
+    accs = [float(last[k]) for k in sorted((k for k in last if k.startswith("val_exit_") and k.endswith("_accuracy")),
+                                            key=lambda k: int(k.split("_")[2]))]
+    return {"val_top1_mean_over_exits": float(np.mean(accs)), "val_top1_last_exit": accs[-1],
+            "val_top1_per_exit": accs}
+
+
+def progress(jobs: list[Job], work: str) -> str:
+    """Epochs done and left over the jobs, with the time left at the measured epoch speed."""
+    done = left = 0
+    seconds = []
+    for job in jobs:
+        rows = _log_rows(os.path.join(work, job.name))
+        done += min(len(rows), job.epochs)
+        left += max(0, job.epochs - len(rows))
+        seconds += [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")]
+    eta = f", about {left * np.median(seconds) / 3600:.1f} h left" if seconds and left else ""
+    return f"{done} of {done + left} epochs done{eta}"
+
+
+def train(job: Job, s, work: str) -> None:
+    run_command([sys.executable, "train.py", "--preset", job.preset, "--output", os.path.join(work, job.name),
+                 "--dataset", s["data"], "--epochs", str(job.epochs), "--batch_size", str(s["batch"]),
+                 "--lr", str(job.lr), "--warmup_epochs", str(job.warmup_epochs), "--mix_prob", str(job.mix_prob),
+                 "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--verbose", "2"])
+
+
+def collect(job: Job, work: str, out: str) -> dict:
+    """Copies a finished run's results to out/NAME/ and returns its summary entry."""
+    run = os.path.join(work, job.name)
+    dest = os.path.join(out, job.name)
+    os.makedirs(dest, exist_ok=True)
+    shutil.copy(os.path.join(run, "log.csv"), os.path.join(dest, "log.csv"))
+    rows = _log_rows(run)
+    entry = {**dataclasses.asdict(job), "warmup_epochs": job.warmup_epochs,
+             "train_seconds": sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds"))}
+    if job.phase == "pilot":
+        return {**entry, **pilot_score(rows)}
+    for name in ("anytime.json", "anytime.csv", "budgeted.json", "budgeted.csv"):
+        shutil.copy(os.path.join(run, "eval", name), os.path.join(dest, name))
+    with open(os.path.join(run, "eval", "anytime.json")) as f:
+        entry["anytime"] = json.load(f)["exits"]
+    with open(os.path.join(run, "eval", "budgeted.json")) as f:
+        entry["budgeted"] = [{"avg_macs": p["avg_macs"], "top1": p["top1"]} for p in json.load(f)["points"]]
+    return entry
+
+
+def phase_baseline(jobs: list[Job], base_preset: str) -> Job:
+    """The run a phase's differences are taken against: its MSDNet (the last main preset)."""
+    return next((j for j in jobs if j.preset == base_preset), jobs[-1])
+
+
+def paired_errors(run_a: str, run_b: str) -> list[dict]:
+    """Per same-numbered exit: test top-1 difference a - b and its paired standard error."""
+    from tf_fusionnet.evaluation.metrics import paired_difference
+    from tf_fusionnet.evaluation.runs import load_run, run_logits
+
+    a, b = (run_logits(load_run(r), verbose=0) for r in (run_a, run_b))
+    labels = a["test_labels"]
+    rows = []
+    for k in range(min(len(a["test_logits"]), len(b["test_logits"]))):
+        diff, se = paired_difference(a["test_logits"][k].argmax(-1) == labels, b["test_logits"][k].argmax(-1) == labels)
+        rows.append({"exit": k + 1, "top1_difference": diff, "standard_error": se})
+    return rows
+
+
+def _commit(out: str, message: str) -> None:
+    subprocess.run(["git", "add", "--", out], cwd=ROOT, check=True)
+    done = subprocess.run(["git", "commit", "-q", "-m", message, "--", out], cwd=ROOT, capture_output=True, text=True)
+    print(f"committed {out}: {message}" if done.returncode == 0 else f"nothing committed ({done.stdout.strip()})",
+          flush=True)
+
+
+def _load_summary(out: str) -> dict:
+    path = os.path.join(out, "summary.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"jobs": {}}
+
+
+def main(argv):
+    from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
+
+    out, work = os.path.abspath(FLAGS.out), os.path.abspath(FLAGS.work)
+    if FLAGS.report_only:
+        print(write_report(out))
+        return 0
+    unknown = sorted(set(FLAGS.phases) - set(PHASES))
+    if unknown:
+        raise SystemExit(f"error: --phases: unknown {', '.join(unknown)} (choose from {', '.join(PHASES)})")
+    s = _settings()
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    summary = _load_summary(out)
+    summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),
+                    "machine": machine_info(), "data": s["data"], "batch_size": s["batch"],
+                    "baseline_preset": s["main"][-1]})
+
+    def finish(job: Job, message: str) -> None:
+        summary["jobs"][job.name] = collect(job, work, out)
+        summary["git_commit"] = git_commit()
+        atomic_write_json(os.path.join(out, "summary.json"), summary)
+        write_report(out)
+        if FLAGS.commit:
+            _commit(out, message)
+
+    pilots = pilot_jobs(s)
+    choice = summary.get("recipe")
+    if "pilot" in FLAGS.phases:
+        for i, job in enumerate(pilots):
+            print(f"[pilot {i + 1}/{len(pilots)}] {job.name}: {progress(pilots, work)}", flush=True)
+            if job.name not in summary["jobs"]:
+                train(job, s, work)
+                finish(job, f"cifar10_cpu30: pilot run {job.name} finished")
+        best = max(pilots, key=lambda j: summary["jobs"][j.name]["val_top1_mean_over_exits"])
+        choice = {"lr": best.lr, "mix_prob": best.mix_prob, "chosen_by": best.name}
+        summary["recipe"] = choice
+        atomic_write_json(os.path.join(out, "summary.json"), summary)
+        write_report(out)
+    if not choice:
+        raise SystemExit("error: no recipe chosen yet: run the pilot phase first (--phases pilot)")
+    jobs = [j for j in later_jobs(s, choice["lr"], choice["mix_prob"]) if j.phase in FLAGS.phases]
+    for phase in PHASES[1:]:
+        phase_jobs = [j for j in jobs if j.phase == phase]
+        for job in phase_jobs:
+            print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: {progress(jobs, work)}", flush=True)
+            if job.name not in summary["jobs"]:
+                train(job, s, work)
+                run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
+                finish(job, f"cifar10_cpu30: {phase} run {job.name} finished")
+        if phase_jobs and all(j.name in summary["jobs"] for j in phase_jobs):
+            baseline = phase_baseline(phase_jobs, s["main"][-1])
+            paired = summary.setdefault("paired", {})
+            for job in phase_jobs:
+                if job is not baseline:
+                    paired[job.name] = paired_errors(os.path.join(work, job.name), os.path.join(work, baseline.name))
+            atomic_write_json(os.path.join(out, "summary.json"), summary)
+        if phase == "main" and phase_jobs:
+            main_cascade(s, work, out, summary)
+            atomic_write_json(os.path.join(out, "summary.json"), summary)
+            write_report(out)
+            if FLAGS.commit:
+                _commit(out, "cifar10_cpu30: plots, paired errors and cascade sweep of the main models")
+    print(write_report(out))
+    return 0
+
+
+def main_cascade(s, work: str, out: str, summary: dict) -> None:
+    """Paired errors, overlay plots, float32/int8 bundles and the cascade sweep of the main models."""
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.evaluation.plots import plot_curves
+
+    runs = [os.path.join(work, p) for p in s["main"]]
+    run_command([sys.executable, "evaluate.py", *sum((["--run", r] for r in runs), []), "--out", out])
+    cascade = summary.setdefault("cascade", {})
+    test = None
+    for preset, run in zip(s["main"], runs):
+        bundle = os.path.join(work, f"bundle-{preset}")
+        if not os.path.exists(os.path.join(bundle, "manifest.json")):
+            run_command([sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle,
+                         "--precision", "float32,int8"])
+        for precision in ("float32", "int8"):
+            if f"{preset} {precision}" in cascade:
+                continue
+            if test is None:
+                test = load_dataset(s["data"])
+            n = FLAGS.cascade_images or len(test.test_labels)
+            cascade[f"{preset} {precision}"] = cascade_sweep(bundle, precision, test.test_images[:n],
+                                                             test.test_labels[:n])
+    plot_curves(os.path.join(out, "cascade_ms.png"),
+                [{"label": k, "x": [p["mean_ms"] for p in v], "y": [p["top1"] for p in v]} for k, v in cascade.items()],
+                "Cascade on device (1 thread, batch 1)", xlabel="mean ms per image", x_scale=1.0)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _se_range(rows) -> str:
+    if not rows:
+        return "-"
+    errors = [100 * r["standard_error"] for r in rows]
+    return f"{min(errors):.2f}-{max(errors):.2f}"
+
+
+def _curve(entry: dict) -> tuple[list, list]:
+    return [e["macs"] for e in entry["anytime"]], [e["top1"] for e in entry["anytime"]]
+
+
+def _budget_curve(entry: dict) -> tuple[list, list]:
+    """Budgeted points plus the two ends (only exit 1; every image to the last exit)."""
+    ends = [entry["anytime"][0], entry["anytime"][-1]]
+    return ([p["avg_macs"] for p in entry["budgeted"]] + [e["macs"] for e in ends],
+            [p["top1"] for p in entry["budgeted"]] + [e["top1"] for e in ends])
+
+
+def verdict(difference: float | None, noise: float) -> str:
+    if difference is None:
+        return "not measured"
+    if abs(difference) <= noise:
+        return "within noise"
+    return "supported" if difference > 0 else "not supported"
+
+
+def write_report(out: str) -> str:
+    """out/results.md from out/summary.json: pilot, anytime and budgeted tables, ablation, noise, verdicts."""
+    from tf_fusionnet.utils import atomic_write_text
+
+    summary = _load_summary(out)
+    jobs = summary["jobs"]
+    lines = ["# CIFAR-10, 30 epochs: FusionNet against MSDNet (issue 17)", "",
+             "Written by `benchmarks/cifar10_cpu30.py` from `summary.json`; test top-1 in %, MACs per image.", ""]
+    pilots = [j for j in jobs.values() if j["phase"] == "pilot"]
+    if pilots:
+        lines += ["## Pilot (validation split only)", "",
+                  "| run | peak lr | mix prob | epochs | val top-1 mean over exits | val top-1 last exit |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {j['name']} | {j['lr']} | {j['mix_prob']} | {j['epochs']} | "
+                  f"{_pct(j['val_top1_mean_over_exits'])} | {_pct(j['val_top1_last_exit'])} |" for j in pilots]
+        if summary.get("recipe"):
+            r = summary["recipe"]
+            lines += ["", f"Chosen: peak lr {r['lr']}, mix prob {r['mix_prob']} ({r['chosen_by']})."]
+        lines.append("")
+    for phase, title in (("main", "Main comparison"), ("ablation", "Ablation"), ("seed", "Second seed")):
+        entries = [j for j in jobs.values() if j["phase"] == phase]
+        if not entries:
+            continue
+        baseline = next((j for j in entries if j["preset"] == summary.get("baseline_preset")), entries[-1])
+        paired = summary.get("paired", {})
+        lines += [f"## {title}", "", f"Differences: against `{baseline['name']}`'s curve interpolated at each "
+                  "model's MACs (never extrapolated).", "",
+                  "| run | epochs | exit MMACs | test top-1 per exit | minus baseline at equal MACs | "
+                  + " | ".join(f"budgeted {b}M" for b in BUDGETS_M) + " | paired SE |",
+                  "|---|---|---|---|---|" + "---|" * (len(BUDGETS_M) + 1)]
+        bx, by = _curve(baseline)
+        for j in entries:
+            xs, ys = _curve(j)
+            deltas = [interpolate(bx, by, x) for x in xs]
+            delta_text = ", ".join("-" if d is None else f"{100 * (y - d):+.2f}" for y, d in zip(ys, deltas))
+            budget = [interpolate(*_budget_curve(j), b * 1e6) for b in BUDGETS_M]
+            lines.append(f"| {j['name']} | {j['epochs']} | {', '.join(f'{x / 1e6:.1f}' for x in xs)} | "
+                         f"{', '.join(_pct(y) for y in ys)} | {delta_text} | " + " | ".join(_pct(b) for b in budget)
+                         + f" | {_se_range(paired.get(j['name']))} |")
+        lines.append("")
+    cascade = summary.get("cascade", {})
+    if cascade:
+        lines += ["## Cascade runner on the exported bundles", "",
+                  "Mean ms per image (1 thread, batch 1), interpolated at the average MACs the runner measured:", "",
+                  "| bundle | " + " | ".join(f"{b}M" for b in BUDGETS_M) + " | top-1 at the largest budget |",
+                  "|---|" + "---|" * (len(BUDGETS_M) + 1)]
+        for key, points in cascade.items():
+            ms = [interpolate([p["mean_macs"] for p in points], [p["mean_ms"] for p in points], b * 1e6)
+                  for b in BUDGETS_M]
+            lines.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in ms)
+                         + f" | {_pct(points[-1]['top1'])} |")
+        lines.append("")
+    lines += _noise_and_verdicts(summary)
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(os.path.join(out, "results.md"), text)
+    return text
+
+
+def _noise_and_verdicts(summary: dict) -> list[str]:
+    jobs = summary["jobs"]
+    main = [j for j in jobs.values() if j["phase"] == "main"]
+    if len(main) < 2:
+        return []
+    cand, base = main[0], main[-1]
+    errors = [p["standard_error"] for name, rows in summary.get("paired", {}).items()
+              if jobs.get(name, {}).get("phase") == "main" for p in rows]
+    spreads = []
+    for seeded in (j for j in jobs.values() if j["phase"] == "seed"):
+        first = next((j for j in jobs.values() if j["phase"] in ("main", "ablation")
+                      and j["preset"] == seeded["preset"] and j["seed"] == 0 and j["epochs"] == seeded["epochs"]), None)
+        if first:
+            spreads += [abs(a["top1"] - b["top1"]) for a, b in zip(first["anytime"], seeded["anytime"])]
+    noise = max([2 * max(errors)] if errors else [0.0])
+    if spreads:
+        noise = max(noise, max(spreads))
+    lines = ["## Noise", "",
+             f"- Paired standard error of a same-exit test top-1 difference: "
+             + (f"{100 * min(errors):.2f} to {100 * max(errors):.2f} points." if errors else "not computed yet."),
+             "- Run-to-run spread (seed 0 against seed 1, same epochs, per exit): "
+             + (f"up to {100 * max(spreads):.2f} points." if spreads else "not measured yet."),
+             f"- A difference is read as real only beyond {100 * noise:.2f} points (the larger of two standard "
+             "errors and the largest seed spread).", "", "## The paper's claims", ""]
+    bx, by = _curve(base)
+    cx, cy = _curve(cand)
+    ratio = cx[-1] / bx[-1]
+    last_delta = cy[-1] - by[-1]
+    lines.append(f"- Last exit {100 * (1 - ratio):.1f}% cheaper than MSDNet's ({cx[-1] / 1e6:.2f}M against "
+                 f"{bx[-1] / 1e6:.2f}M) at {100 * last_delta:+.2f} points: "
+                 f"{verdict(last_delta, noise) if ratio <= 0.85 else 'not supported (not 15% cheaper)'}.")
+    window = [(x, y - interpolate(bx, by, x)) for x, y in zip(cx, cy)
+              if 25e6 <= x <= 64e6 and interpolate(bx, by, x) is not None]
+    if window:
+        worst = min(d for _, d in window)
+        lines.append("- 0.5-1 point ahead from 25M to 64M MACs: differences "
+                     + ", ".join(f"{100 * d:+.2f} at {x / 1e6:.1f}M" for x, d in window)
+                     + f": {verdict(worst, noise)} (read on the smallest difference).")
+    budget = [(b, interpolate(*_budget_curve(cand), b * 1e6), interpolate(*_budget_curve(base), b * 1e6))
+              for b in BUDGETS_M]
+    budget = [(b, c - m) for b, c, m in budget if c is not None and m is not None]
+    if budget:
+        worst = min(d for _, d in budget)
+        lines.append("- Budgeted ahead at every budget: " + ", ".join(f"{100 * d:+.2f} at {b}M" for b, d in budget)
+                     + f": {verdict(worst, noise)} (read on the smallest difference).")
+    full = next((j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] == cand["preset"]), None)
+    short_base = next((j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] == base["preset"]), None)
+    if full and short_base:
+        refs = {"full": _curve(full), "msdnet": _curve(short_base)}
+        for j in (j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] in ABLATIONS):
+            xs, ys = _curve(j)
+            ref = refs["msdnet"] if j["preset"] == "msdnet-cifar-fusion" else refs["full"]
+            deltas = [y - interpolate(*ref, x) for x, y in zip(xs, ys) if interpolate(*ref, x) is not None]
+            against = "MSDNet" if j["preset"] == "msdnet-cifar-fusion" else "the full FusionNet"
+            if deltas:
+                mean = float(np.mean(deltas))
+                lines.append(f"- `{j['preset']}` against {against} at equal MACs: mean {100 * mean:+.2f} points "
+                             f"over {len(deltas)} exits inside its cost range: "
+                             f"{'beyond noise' if abs(mean) > noise else 'within noise'}.")
+    return lines + [""]
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,96 @@
+"""The 30-epoch comparison's report: pilot choice on validation, matched-cost tables, noise and verdicts."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("cifar10_cpu30", os.path.join(ROOT, "benchmarks", "cifar10_cpu30.py"))
+    module = importlib.util.module_from_spec(spec)
+    before = set(flags.FLAGS)
+    spec.loader.exec_module(module)
+    # The benchmark scripts define absl flags of the same names: remove this one's, so that the
+    # other's test module can load its script in the same process. Its report code reads no flag.
+    for flag in set(flags.FLAGS) - before:
+        delattr(flags.FLAGS, flag)
+    return module
+
+
+def _job(name, phase, preset, exits, epochs=30, seed=0, budgeted=()):
+    return {"name": name, "phase": phase, "preset": preset, "epochs": epochs, "seed": seed, "lr": 0.05,
+            "mix_prob": 0.0, "anytime": [{"exit": i + 1, "macs": m * 1e6, "top1": a} for i, (m, a) in enumerate(exits)],
+            "budgeted": [{"avg_macs": m * 1e6, "top1": a} for m, a in budgeted]}
+
+
+def test_verdict_reads_against_noise(bench):
+    assert bench.verdict(0.02, 0.01) == "supported"
+    assert bench.verdict(-0.02, 0.01) == "not supported"
+    assert bench.verdict(0.005, 0.01) == "within noise"
+    assert bench.verdict(None, 0.01) == "not measured"
+
+
+def test_report_tables_noise_and_claims(bench, tmp_path):
+    fusion = [(17, 0.80), (25, 0.82), (34, 0.84), (63, 0.86)]
+    msdnet = [(15, 0.78), (25, 0.80), (37, 0.82), (76, 0.83)]
+    jobs = {
+        "pilot-lr0.05-mix0.0": {"name": "pilot-lr0.05-mix0.0", "phase": "pilot", "preset": "msdnet-cifar-anytime",
+                                "epochs": 5, "lr": 0.05, "mix_prob": 0.0, "val_top1_mean_over_exits": 0.7,
+                                "val_top1_last_exit": 0.72},
+        "fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", fusion,
+                                budgeted=[(20, 0.81), (40, 0.85), (60, 0.86)]),
+        "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime", msdnet,
+                                     budgeted=[(20, 0.79), (40, 0.82), (60, 0.83)]),
+        "fusionnet-cifar-10ep": _job("fusionnet-cifar-10ep", "ablation", "fusionnet-cifar",
+                                     [(17, 0.70), (63, 0.76)], epochs=10),
+        "msdnet-cifar-anytime-10ep": _job("msdnet-cifar-anytime-10ep", "ablation", "msdnet-cifar-anytime",
+                                          [(15, 0.69), (76, 0.74)], epochs=10),
+        "fusionnet-cifar-nofusion-10ep": _job("fusionnet-cifar-nofusion-10ep", "ablation",
+                                              "fusionnet-cifar-nofusion", [(16, 0.69), (60, 0.74)], epochs=10),
+        "fusionnet-cifar-10ep-seed1": _job("fusionnet-cifar-10ep-seed1", "seed", "fusionnet-cifar",
+                                           [(17, 0.705), (63, 0.755)], epochs=10, seed=1),
+        "msdnet-cifar-anytime-10ep-seed1": _job("msdnet-cifar-anytime-10ep-seed1", "seed", "msdnet-cifar-anytime",
+                                                [(15, 0.688), (76, 0.742)], epochs=10, seed=1),
+    }
+    summary = {"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime",
+               "recipe": {"lr": 0.05, "mix_prob": 0.0, "chosen_by": "pilot-lr0.05-mix0.0"},
+               "paired": {"fusionnet-cifar": [{"exit": 1, "top1_difference": 0.02, "standard_error": 0.003},
+                                              {"exit": 2, "top1_difference": 0.02, "standard_error": 0.004}]}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = bench.write_report(str(tmp_path))
+    assert (tmp_path / "results.md").read_text() == text
+    assert "Chosen: peak lr 0.05, mix prob 0.0" in text
+    # MSDNet interpolated at FusionNet's exits: 0.784 at 17M, 0.80 at 25M, 0.815 at 34M, 0.8267 at 63M.
+    assert "| 80.00, 82.00, 84.00, 86.00 | +1.60, +2.00, +2.50, +3.33 |" in text
+    noise_line = next(line for line in text.splitlines() if "read as real only beyond" in line)
+    assert "0.80 points" in noise_line  # two paired SEs (0.8) beat the largest seed spread (0.5)
+    assert "up to 0.50 points" in text
+    claims = text[text.index("## The paper's claims"):]
+    assert "17.1% cheaper" in claims and ": supported." in claims.splitlines()[2]
+    assert "Budgeted ahead at every budget: +2.00 at 20M" in claims
+    # 16M lies below the full model's first exit (not extrapolated); 60M: 0.74 against 0.7561.
+    assert "`fusionnet-cifar-nofusion` against the full FusionNet at equal MACs: mean -1.61 points over 1 exits" in claims
+    assert "beyond noise" in claims
+
+
+def test_pilot_score_uses_validation_columns_only(bench):
+    rows = [{"epoch": "1", "val_exit_2_accuracy": "0.5", "val_exit_1_accuracy": "0.4", "exit_1_accuracy": "0.9",
+             "val_exit_10_accuracy": "0.6"}]
+    score = bench.pilot_score(rows)
+    assert score["val_top1_per_exit"] == [0.4, 0.5, 0.6]
+    assert score["val_top1_last_exit"] == 0.6
+    assert score["val_top1_mean_over_exits"] == pytest.approx(0.5)
+
+
+def test_warmup_follows_the_papers_share(bench):
+    assert bench.Job("a", "main", "p", 30, 0, 0.1, 0.0).warmup_epochs == 2
+    assert bench.Job("a", "main", "p", 10, 0, 0.1, 0.0).warmup_epochs == 1
+    assert bench.Job("a", "main", "p", 300, 0, 0.1, 0.0).warmup_epochs == 20
