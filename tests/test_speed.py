@@ -140,3 +140,15 @@ def test_epoch_log_splits_train_and_validation_time(tmp_path, monkeypatch):
     assert (rows[1]["epoch_seconds"], rows[1]["val_seconds"]) == ("4.0", "0.0")
     assert rows[1]["train_images_per_second"] == ""  # a one-step epoch has no steady state
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_auto_threads_leave_a_started_runtime_alone():
+    from tf_fusionnet.training.config import TrainConfig
+    from tf_fusionnet.training.trainer import setup_strategy
+
+    tf.constant(1.0) + 1.0  # the runtime is up: its thread pools can no longer change
+    setup_strategy(TrainConfig())  # auto: keeps them, no error
+    current = tf.config.threading.get_inter_op_parallelism_threads()
+    setup_strategy(TrainConfig(inter_op_threads=current, intra_op_threads=-1))  # unchanged value: fine
+    with pytest.raises(RuntimeError):
+        setup_strategy(TrainConfig(inter_op_threads=current + 3))

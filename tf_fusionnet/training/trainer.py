@@ -40,10 +40,21 @@ def setup_strategy(config: TrainConfig):
     import tensorflow as tf
 
     inter_op, intra_op = resolve_threads(config.inter_op_threads, config.intra_op_threads)
-    if inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    if intra_op:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    for requested, value, getter, setter in (
+        (config.inter_op_threads, inter_op, tf.config.threading.get_inter_op_parallelism_threads,
+         tf.config.threading.set_inter_op_parallelism_threads),
+        (config.intra_op_threads, intra_op, tf.config.threading.get_intra_op_parallelism_threads,
+         tf.config.threading.set_intra_op_parallelism_threads),
+    ):
+        if not value or getter() == value:
+            continue
+        try:
+            setter(value)
+        except RuntimeError:
+            # TensorFlow already ran in this process (train() called from Python after other
+            # work): its thread pools are fixed. Auto keeps them; an explicit value is an error.
+            if requested != -1:
+                raise
     if config.num_cpu_devices > 1:
         cpus = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
