@@ -17,3 +17,24 @@ def tiny_run(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("tiny_run") / "run")
     train(TrainConfig(preset="fusionnet-tiny", epochs=1, batch_size=64, verbose=0, output=run))
     return run
+
+
+def load_benchmark_script(name: str):
+    """Imports benchmarks/NAME.py as a module, for tests of its report code.
+
+    The benchmark scripts define absl flags of the same names, so the flags this one adds are
+    removed again: the next script can then be loaded in the same process. Report code reads
+    no flag.
+    """
+    import importlib.util
+
+    from absl import flags
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    before = set(flags.FLAGS)
+    spec.loader.exec_module(module)
+    for flag in set(flags.FLAGS) - before:
+        delattr(flags.FLAGS, flag)
+    return module

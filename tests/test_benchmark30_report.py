@@ -1,28 +1,14 @@
 """The 30-epoch comparison's report: pilot choice on validation, matched-cost tables, noise and verdicts."""
 
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
-from absl import flags
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    spec = importlib.util.spec_from_file_location("cifar10_cpu30", os.path.join(ROOT, "benchmarks", "cifar10_cpu30.py"))
-    module = importlib.util.module_from_spec(spec)
-    before = set(flags.FLAGS)
-    spec.loader.exec_module(module)
-    # The benchmark scripts define absl flags of the same names: remove this one's, so that the
-    # other's test module can load its script in the same process. Its report code reads no flag.
-    for flag in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, flag)
-    return module
+    return load_benchmark_script("cifar10_cpu30")
 
 
 def _job(name, phase, preset, exits, epochs=30, seed=0, budgeted=()):

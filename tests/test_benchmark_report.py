@@ -1,26 +1,14 @@
 """The CIFAR-10 benchmark's report: matched-cost comparison of two models' curves."""
 
-import importlib.util
 import json
-import os
 
 import pytest
-from absl import flags
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("cifar10_cpu", os.path.join(ROOT, "benchmarks", "cifar10_cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    before = set(flags.FLAGS)
-    spec.loader.exec_module(module)
-    # The benchmark scripts define absl flags of the same names: remove this one's, so that the
-    # other's test module can load its script in the same process. Its report code reads no flag.
-    for flag in set(flags.FLAGS) - before:
-        delattr(flags.FLAGS, flag)
-    return module
+    return load_benchmark_script("cifar10_cpu")
 
 
 def test_interpolate_never_extrapolates(bench):
