@@ -138,11 +138,17 @@ def pilot_score(rows: list[dict]) -> dict:
             "val_top1_per_exit": accs}
 
 
-def progress(jobs: list[Job], work: str) -> str:
-    """Epochs done and left over the jobs, with the time left at the measured epoch speed."""
+def progress(jobs: list[Job], work: str, finished: dict) -> str:
+    """Epochs done and left over the jobs, with the time left at the measured epoch speed.
+
+    ``finished``: the summary's jobs, whose run directories may be gone since.
+    """
     done = left = 0
     seconds = []
     for job in jobs:
+        if job.name in finished:
+            done += job.epochs
+            continue
         rows = _log_rows(os.path.join(work, job.name))
         done += min(len(rows), job.epochs)
         left += max(0, job.epochs - len(rows))
@@ -242,7 +248,7 @@ def main(argv):
     choice = summary.get("recipe")
     if "pilot" in FLAGS.phases:
         for i, job in enumerate(pilots):
-            print(f"[pilot {i + 1}/{len(pilots)}] {job.name}: {progress(pilots, work)}", flush=True)
+            print(f"[pilot {i + 1}/{len(pilots)}] {job.name}: {progress(pilots, work, summary['jobs'])}", flush=True)
             if job.name not in summary["jobs"]:
                 train(job, s, work)
                 finish(job, f"cifar10_cpu30: pilot run {job.name} finished")
@@ -257,7 +263,7 @@ def main(argv):
     for phase in PHASES[1:]:
         phase_jobs = [j for j in jobs if j.phase == phase]
         for job in phase_jobs:
-            print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: {progress(jobs, work)}", flush=True)
+            print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: {progress(jobs, work, summary['jobs'])}", flush=True)
             if job.name not in summary["jobs"]:
                 train(job, s, work)
                 run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
@@ -266,7 +272,7 @@ def main(argv):
             baseline = phase_baseline(phase_jobs, s["main"][-1])
             paired = summary.setdefault("paired", {})
             for job in phase_jobs:
-                if job is not baseline:
+                if job is not baseline and job.name not in paired:
                     paired[job.name] = paired_errors(os.path.join(work, job.name), os.path.join(work, baseline.name))
             atomic_write_json(os.path.join(out, "summary.json"), summary)
         if phase == "main" and phase_jobs:
@@ -285,8 +291,11 @@ def main_cascade(s, work: str, out: str, summary: dict) -> None:
     from tf_fusionnet.evaluation.plots import plot_curves
 
     runs = [os.path.join(work, p) for p in s["main"]]
-    run_command([sys.executable, "evaluate.py", *sum((["--run", r] for r in runs), []), "--out", out])
     cascade = summary.setdefault("cascade", {})
+    if all(f"{p} {precision}" in cascade for p in s["main"] for precision in ("float32", "int8")) and \
+            os.path.exists(os.path.join(out, "cascade_ms.png")):
+        return  # done in an earlier invocation (whose run directories may be gone since)
+    run_command([sys.executable, "evaluate.py", *sum((["--run", r] for r in runs), []), "--out", out])
     test = None
     for preset, run in zip(s["main"], runs):
         bundle = os.path.join(work, f"bundle-{preset}")
