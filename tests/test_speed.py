@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_fusionnet.data.pipeline import random_crop_and_flip
-from tf_fusionnet.models.layers import FusedBatchNormalization
+from tf_fusionnet.models.layers import BatchNormalization as FusedBatchNormalization
 from tf_fusionnet.training.callbacks import EpochCSVLog
 from tf_fusionnet.training.precision import machine_precision, resolve_precision, resolve_threads
 
@@ -68,6 +68,33 @@ def test_fused_batch_norm_bfloat16_policy_keeps_float32_statistics():
     y = layer(x, training=True)
     assert y.dtype == tf.bfloat16
     assert layer.moving_mean.dtype == "float32"
+
+
+def test_models_saved_with_keras_batch_norm_still_load(tmp_path, monkeypatch):
+    """A .keras file written before the fused layer (Keras's BatchNormalization) loads unchanged."""
+    from tf_fusionnet.models import blocks
+    from tf_fusionnet.presets import build_model
+
+    monkeypatch.setattr(blocks, "FusedBatchNormalization", keras.layers.BatchNormalization)
+    old = build_model("fusionnet-tiny")
+    assert isinstance(old.get_layer("stem_conv1_bn"), keras.layers.BatchNormalization)
+    assert not isinstance(old.get_layer("stem_conv1_bn"), FusedBatchNormalization)
+    x = np.random.RandomState(0).randn(4, 32, 32, 3).astype("float32")
+    for layer in old.layers:  # moving statistics away from their initial values
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.1, "float32"))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, "float32"))
+    path = str(tmp_path / "old.keras")
+    old.save(path)
+    monkeypatch.undo()
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.get_layer("stem_conv1_bn"), FusedBatchNormalization)
+    for a, b in zip(old(x, training=False), loaded(x, training=False)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    new_path = str(tmp_path / "new.keras")
+    loaded.save(new_path)  # and what is saved now loads where Keras's layer is used
+    monkeypatch.setattr(blocks, "FusedBatchNormalization", keras.layers.BatchNormalization)
+    np.testing.assert_allclose(keras.saving.load_model(new_path)(x)[0], loaded(x)[0], atol=1e-5)
 
 
 def test_crop_and_flip_is_a_shifted_window_of_the_padded_image():

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from keras import initializers, layers
 
-from tf_fusionnet.models.layers import FusedBatchNormalization
+from tf_fusionnet.models.layers import BatchNormalization as FusedBatchNormalization
 
 BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1 expressed the Keras way.
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm default.

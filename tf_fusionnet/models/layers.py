@@ -6,8 +6,13 @@ import keras
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel.
+
+    Named like its parent on purpose: Keras 3 keys a ``.keras`` file's weights by the snake-case
+    class name of each layer (``layers/batch_normalization_12/vars``), so with this name the
+    models saved before this layer existed load into it, and models saved with it load into
+    code that uses Keras's layer (``tests/test_speed.py``).
 
     Keras 3 normalises with separate ``moments`` and ``batch_normalization`` ops
     (about ten ops forward, more backward); ``tf.keras`` 2 used one
@@ -66,4 +71,4 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-__all__ = ["FusedBatchNormalization"]
+__all__ = ["BatchNormalization"]
