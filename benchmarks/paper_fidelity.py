@@ -32,6 +32,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_string("before", "9aaa325", "Commit before the fixes.")
 flags.DEFINE_string("after", "7c3219d", "Commit with the fixes.")
 flags.DEFINE_integer("epochs", 10, "Epochs per model.")
+flags.DEFINE_integer("seed", 0, "Seed of both trainings (the split, the initialisation, the augmentation).")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Dataset.")
 flags.DEFINE_string("work", "runs/paper_fidelity", "Worktrees and run directories (not committed).")
 flags.DEFINE_string("out", "benchmarks/results/paper_fidelity", "Results folder.")
@@ -39,7 +40,7 @@ flags.DEFINE_bool("report_only", False, "Only rewrite the results from the finis
 FLAGS = flags.FLAGS
 
 RECIPE = ["--preset", "fusionnet-cifar", "--batch_size", "128", "--lr", "0.05", "--warmup_epochs", "1",
-          "--mix_prob", "0", "--val_size", "5000", "--seed", "0", "--verbose", "2",
+          "--mix_prob", "0", "--val_size", "5000", "--verbose", "2",
           "--inter_op_threads", "2", "--intra_op_threads", "1"]
 
 
@@ -56,7 +57,7 @@ def _train_both() -> None:
         src = _worktree(commit)
         run = os.path.abspath(os.path.join(FLAGS.work, name))
         cmd = [sys.executable, "train.py", "--dataset", os.path.abspath(FLAGS.data), "--epochs", str(FLAGS.epochs),
-               "--output", run, *RECIPE]
+               "--output", run, *RECIPE, "--seed", str(FLAGS.seed)]
         print(f"$ (cd {src} && {' '.join(cmd)})", flush=True)
         log = open(os.path.join(FLAGS.work, f"{name}.log"), "a")
         procs.append(subprocess.Popen(cmd, cwd=src, stdout=log, stderr=subprocess.STDOUT))
@@ -121,7 +122,7 @@ def report() -> str:
     before, after = models["before"], models["after"]
     test_rows = _test_comparison()
     summary = {"command": "python " + " ".join(sys.argv), "data": os.path.basename(FLAGS.data),
-               "recipe": RECIPE, "models": models, "test_comparison": test_rows,
+               "recipe": [*RECIPE, "--seed", str(FLAGS.seed)], "models": models, "test_comparison": test_rows,
                "machine": machine_info(), "versions": library_versions(),
                "note": "validation = the 5,000 held-out training images (never the test set); both runs "
                        "trained concurrently on one 2-core machine, so epoch_seconds are not speeds"}
