@@ -17,8 +17,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Keras 3 normalises with separate ``moments`` and ``batch_normalization`` ops
     (about ten ops forward, more backward); ``tf.keras`` 2 used one
     ``FusedBatchNormV3``, which oneDNN runs as a single kernel and which Grappler
-    fuses with the following ReLU. On the project's 2-core CPUs the fused op made a
-    ``fusionnet-cifar`` training step 10-15% faster (docs/training.md). Nothing in
+    fuses with the following ReLU. On a 2-core AVX2 CPU it made ``fusionnet-cifar`` train
+    1.25x faster in one process pair, and ``msdnet-cifar-anytime`` no faster: most of
+    MSDNet's BatchNorms have 6 or 12 channels, which oneDNN runs on a generic, slow path
+    either way (docs/training.md). Nothing in
     Keras 3 exposes it, hence this subclass: the weights, their names, the config
     and the inference output are those of the parent class.
 
@@ -27,8 +29,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
     * the moving variance is updated with the unbiased (Bessel-corrected) batch
       variance, as ``torch.nn.BatchNorm2d`` does (Keras uses the biased one);
     * under ``mixed_bfloat16`` the normalisation runs in float32 (as Keras's own
-      layer does), because oneDNN's bfloat16 batch-norm kernels measured 2.5x slower
-      than its float32 ones here; float16 inputs (GPUs) go to the kernel as they are.
+      layer does), because oneDNN's bfloat16 batch-norm kernels were 2.5x slower than its
+      float32 ones when this layer was written (not re-measured since: no bfloat16 CPU);
+      float16 inputs (GPUs) go to the kernel as they are.
 
     The fused path covers 4-D inputs normalised over the last axis without a mask,
     renorm or synchronisation (everything this project builds); anything else falls
