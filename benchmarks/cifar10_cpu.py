@@ -33,10 +33,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np
 from absl import app, flags
 
-from common import cascade_sweep, interpolate, run_command as _run  # noqa: E402
+from common import cascade_sweep, interpolate, paired_errors, percent as _pct, run_command as _run  # noqa: E402
 
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Dataset.")
 flags.DEFINE_list("presets", ["fusionnet-cifar", "msdnet-cifar-anytime"], "Presets to compare.")
@@ -52,10 +51,6 @@ flags.DEFINE_string("out", "benchmarks/results/cifar10_cpu", "Results folder.")
 flags.DEFINE_bool("smoke", False, "Tiny presets on the embedded sample, 1 epoch: checks the pipeline.")
 flags.DEFINE_bool("report_only", False, "Only (re)write results.md from the results already in --out.")
 FLAGS = flags.FLAGS
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
 
 
 def _delta(a, b) -> str:
@@ -156,9 +151,7 @@ def main(argv):
         print(write_report(FLAGS.out))
         return 0
     from tf_fusionnet.data.sources import load_dataset
-    from tf_fusionnet.evaluation.metrics import paired_difference
     from tf_fusionnet.evaluation.plots import plot_curves
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
     presets = ["fusionnet-tiny", "msdnet-tiny"] if FLAGS.smoke else FLAGS.presets
@@ -216,14 +209,7 @@ def main(argv):
             [float(t) for t in epoch_seconds] if all(epoch_seconds) else None)
     # How far apart two ~80% classifiers land on the same test images by chance: the scale
     # against which the matched-cost differences in results.md are read.
-    cand_run, base_run = (load_run(r) for r in list(runs.values())[:2])
-    cand_logits, base_logits = run_logits(cand_run, verbose=0), run_logits(base_run, verbose=0)
-    labels = cand_logits["test_labels"]
-    summary["paired_exit_differences"] = []
-    for k in range(min(len(cand_logits["test_logits"]), len(base_logits["test_logits"]))):
-        diff, se = paired_difference(cand_logits["test_logits"][k].argmax(-1) == labels,
-                                     base_logits["test_logits"][k].argmax(-1) == labels)
-        summary["paired_exit_differences"].append({"exit": k + 1, "top1_difference": diff, "standard_error": se})
+    summary["paired_exit_differences"] = paired_errors(*list(runs.values())[:2])
     atomic_write_json(os.path.join(FLAGS.out, "summary.json"), summary)
     print(write_report(FLAGS.out))
     print(f"wrote {FLAGS.out}/ (summary.json, results.md, anytime.png, budgeted.png, cascade_ms.png)")

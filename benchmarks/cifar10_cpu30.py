@@ -43,12 +43,11 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from common import ROOT, cascade_sweep, interpolate, run_command  # noqa: E402
+from common import ROOT, cascade_sweep, interpolate, paired_errors, percent as _pct, run_command  # noqa: E402
 
 PHASES = ("pilot", "main", "ablation", "seed")
 ABLATIONS = ("fusionnet-cifar-nofusion", "fusionnet-cifar-msdnetstem", "fusionnet-cifar-msdnettransition",
@@ -189,20 +188,6 @@ def phase_baseline(jobs: list[Job], base_preset: str) -> Job:
     return next((j for j in jobs if j.preset == base_preset), jobs[-1])
 
 
-def paired_errors(run_a: str, run_b: str) -> list[dict]:
-    """Per same-numbered exit: test top-1 difference a - b and its paired standard error."""
-    from tf_fusionnet.evaluation.metrics import paired_difference
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
-
-    a, b = (run_logits(load_run(r), verbose=0) for r in (run_a, run_b))
-    labels = a["test_labels"]
-    rows = []
-    for k in range(min(len(a["test_logits"]), len(b["test_logits"]))):
-        diff, se = paired_difference(a["test_logits"][k].argmax(-1) == labels, b["test_logits"][k].argmax(-1) == labels)
-        rows.append({"exit": k + 1, "top1_difference": diff, "standard_error": se})
-    return rows
-
-
 def _commit(out: str, message: str) -> None:
     subprocess.run(["git", "add", "--", out], cwd=ROOT, check=True)
     done = subprocess.run(["git", "commit", "-q", "-m", message, "--", out], cwd=ROOT, capture_output=True, text=True)
@@ -315,10 +300,6 @@ def main_cascade(s, work: str, out: str, summary: dict) -> None:
                 "Cascade on device (1 thread, batch 1)", xlabel="mean ms per image", x_scale=1.0)
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
 def _se_range(rows) -> str:
     if not rows:
         return "-"
@@ -421,7 +402,7 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
     if spreads:
         noise = max(noise, max(spreads))
     lines = ["## Noise", "",
-             f"- Paired standard error of a same-exit test top-1 difference: "
+             "- Paired standard error of a same-exit test top-1 difference: "
              + (f"{100 * min(errors):.2f} to {100 * max(errors):.2f} points." if errors else "not computed yet."),
              "- Run-to-run spread (seed 0 against seed 1, same epochs, per exit): "
              + (f"up to {100 * max(spreads):.2f} points." if spreads else "not measured yet."),

@@ -47,3 +47,26 @@ def cascade_sweep(bundle: str, precision: str, images: np.ndarray, labels: np.nd
                        "mean_macs": float(np.mean([r["macs"] for r in results])),
                        "top1": float(np.mean([r["class"] == y for r, y in zip(results, labels)]))})
     return points
+
+
+def percent(value) -> str:
+    """A 0-1 accuracy as a percentage with two decimals; "-" for None."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def paired_errors(run_a: str, run_b: str) -> list[dict]:
+    """Per same-numbered exit: test top-1 difference a - b and its paired standard error.
+
+    How far apart two classifiers land on the same test images by chance: the scale against
+    which matched-cost differences are read. Uses the runs' cached logits.
+    """
+    from tf_fusionnet.evaluation.metrics import paired_difference
+    from tf_fusionnet.evaluation.runs import load_run, run_logits
+
+    a, b = (run_logits(load_run(r), verbose=0) for r in (run_a, run_b))
+    labels = a["test_labels"]
+    rows = []
+    for k in range(min(len(a["test_logits"]), len(b["test_logits"]))):
+        diff, se = paired_difference(a["test_logits"][k].argmax(-1) == labels, b["test_logits"][k].argmax(-1) == labels)
+        rows.append({"exit": k + 1, "top1_difference": diff, "standard_error": se})
+    return rows
