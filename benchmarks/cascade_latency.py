@@ -85,19 +85,14 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     runner = CascadeRunner(bundle, precision=precision, threads=threads)
     manifest = runner.manifest
     x = runner.preprocess(test_images[:1])
-    feeds = [{"image": x}]
-    for k in range(runner.num_exits - 1):
-        out = runner.runners[k](**feeds[-1])
-        out.pop("logits")
-        feeds.append(out)
+    feeds, pool = [], {"image": x}
+    for k in range(runner.num_exits):
+        feeds.append({name: pool[name] for name in runner.stage_inputs[k]})
+        runner._run_stage(k, pool)
     stage_ms = [median_ms(lambda k=k: runner.runners[k](**feeds[k]), repeats) for k in range(runner.num_exits)]
 
     def chained():
-        feed = {"image": x}
-        for r in runner.runners:
-            out = r(**feed)
-            out.pop("logits")
-            feed = out
+        runner.run_stages(x)
 
     chained_ms = median_ms(chained, repeats)
     whole = Interpreter(model_content=whole_model_tflite(manifest, precision), num_threads=threads)

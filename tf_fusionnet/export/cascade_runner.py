@@ -231,10 +231,7 @@ class CascadeRunner:
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
         with _portable.captured_stderr_fd((BundleError,)):
             self._load_stages(bundle, files, threads)
-            feed = {"image": np.zeros((1,) + self.input_shape, np.float32)}
-            for k in range(len(self.runners)):
-                feed = self._run_stage(k, feed)
-                feed.pop("logits")
+            self.run_stages(np.zeros((1,) + self.input_shape, np.float32))
         self.num_exits = len(self.runners)
         self.channels = self.input_shape[2]
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
@@ -260,6 +257,21 @@ class CascadeRunner:
                 self.runners.append(interpreter.get_signature_runner("serve"))
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
+        # A stage reads named tensors returned by any earlier stage (RANet reads several stages
+        # back), so the runner keeps a pool of them and drops each after its last reader.
+        self.stage_inputs = [list(r.get_input_details()) for r in self.runners]
+        available = {"image"}
+        for k, (name, runner) in enumerate(zip(files, self.runners)):
+            missing = sorted(set(self.stage_inputs[k]) - available)
+            if missing:
+                raise BundleError(f"{os.path.join(bundle, name)} reads {', '.join(missing)}, which no earlier "
+                                  "stage returns")
+            available |= set(runner.get_output_details())
+        last_reader: dict[str, int] = {}
+        for k, names in enumerate(self.stage_inputs):
+            for n in names:
+                last_reader[n] = k
+        self._dead_after = [[n for n, last in last_reader.items() if last == k] for k in range(len(files))]
 
     # -- inputs -----------------------------------------------------------------
 
@@ -273,8 +285,20 @@ class CascadeRunner:
                               f"{'x'.join(map(str, self.input_shape))} (HxWxC)")
         return ((images.astype(np.float32) - self.mean) / self.std).astype(np.float32)
 
-    def _run_stage(self, k: int, feed: dict) -> dict:
-        return self.runners[k](**feed)
+    def _run_stage(self, k: int, pool: dict) -> np.ndarray:
+        """Runs stage k on the tensors of ``pool`` it reads; adds what it returns, drops what no later
+        stage reads, and returns its exit's logits."""
+        out = self.runners[k](**{name: pool[name] for name in self.stage_inputs[k]})
+        logits = out.pop("logits")
+        pool.update(out)
+        for name in self._dead_after[k]:
+            pool.pop(name, None)
+        return logits
+
+    def run_stages(self, x: np.ndarray) -> list[np.ndarray]:
+        """Logits of every exit for normalised images ``x``, running every stage."""
+        pool = {"image": x}
+        return [self._run_stage(k, pool) for k in range(len(self.runners))]
 
     # -- inference --------------------------------------------------------------
 
@@ -283,13 +307,7 @@ class CascadeRunner:
         x = self.preprocess(images)
         per_batch = []
         for start in range(0, len(x), batch_size):
-            feed = {"image": x[start:start + batch_size]}
-            logits = []
-            for k in range(self.num_exits):
-                out = self._run_stage(k, feed)
-                logits.append(out.pop("logits"))
-                feed = out
-            per_batch.append(np.stack(logits))
+            per_batch.append(np.stack(self.run_stages(x[start:start + batch_size])))
         return np.concatenate(per_batch, axis=1)
 
     def classify(self, images: np.ndarray, deadline_ms: float | None = None) -> list[dict]:
@@ -307,10 +325,9 @@ class CascadeRunner:
         result = [None] * n
         start = time.perf_counter()
         active = np.arange(n)
-        feed = {"image": x}
+        pool = {"image": x}
         for k in range(self.num_exits):
-            out = self._run_stage(k, feed)
-            probs = softmax(out.pop("logits"))
+            probs = softmax(self._run_stage(k, pool))
             confidence = probs.max(axis=1)
             done = confidence >= self.thresholds[k]
             elapsed = (time.perf_counter() - start) * 1e3
@@ -322,23 +339,20 @@ class CascadeRunner:
             if done.any():  # only the images still undecided go on, with their feature maps
                 keep = ~done
                 active = active[keep]
-                out = {name: value[keep] for name, value in out.items()}
-            feed = out
+                pool = {name: value[keep] for name, value in pool.items()}
         return result
 
     def _classify_one(self, x: np.ndarray, deadline_ms: float) -> dict:
         start = time.perf_counter()
-        feed = {"image": x}
+        pool = {"image": x}
         for k in range(self.num_exits):
-            out = self._run_stage(k, feed)
-            probs = softmax(out.pop("logits"))[0]
+            probs = softmax(self._run_stage(k, pool))[0]
             elapsed = (time.perf_counter() - start) * 1e3
             last = k == self.num_exits - 1
             if probs.max() >= self.thresholds[k] or last or elapsed >= deadline_ms:
                 return {"class": int(probs.argmax()), "confidence": float(probs.max()), "exit": k + 1,
                         "macs": self.exit_macs[k], "ms": elapsed,
                         "deadline_hit": bool(elapsed >= deadline_ms and not last and probs.max() < self.thresholds[k])}
-            feed = out
         raise AssertionError("unreachable")
 
     # -- latency budgets --------------------------------------------------------
@@ -354,17 +368,17 @@ class CascadeRunner:
                     return [float(v) for v in stored["stage_ms"]]
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 pass  # unreadable or foreign: measured again and rewritten below
-        feed = {"image": np.zeros((1,) + self.input_shape, np.float32)}
+        pool = {"image": np.zeros((1,) + self.input_shape, np.float32)}
         latencies = []
         for k in range(self.num_exits):
             times = []
+            feed = {name: pool[name] for name in self.stage_inputs[k]}
             for _ in range(repeats + 2):
                 t0 = time.perf_counter()
-                out = self._run_stage(k, feed)
+                self.runners[k](**feed)
                 times.append((time.perf_counter() - t0) * 1e3)
             latencies.append(float(np.median(times[2:])))
-            out.pop("logits")
-            feed = out
+            self._run_stage(k, pool)
         if cache:
             tmp = f"{cache}.tmp{os.getpid()}"
             try:
