@@ -223,6 +223,9 @@ class RANet(keras.Model):
     ```
     """
 
+    # Arguments added after models were first saved, with the value older files were built with.
+    _LEGACY_DEFAULTS: dict[str, Any] = {}
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -277,4 +280,4 @@ class RANet(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]):
-        return cls(**config)
+        return cls(**{**cls._LEGACY_DEFAULTS, **config})
