@@ -63,7 +63,16 @@ def _lost_worker_types():
             tf.errors.CancelledError, tf.errors.InternalError)
 
 
-def fit_multiworker(model, strategy, config, data: LoopData, *, run_dir: str, is_chief: bool, task_id: int,
+def _is_lost_worker(error: BaseException) -> bool:
+    """Collective failures caused by a peer; an InternalError only when it names one."""
+    import tensorflow as tf
+
+    if isinstance(error, tf.errors.InternalError):
+        return "/job:" in str(error)
+    return True
+
+
+def fit_multiworker(model, strategy, config, data: LoopData, *, run_dir: str, is_chief: bool,
                     callbacks: list, checkpoint_steps: int = 0) -> dict[str, float]:
     """Trains ``model`` (compiled by ``compile_for_training`` under ``strategy.scope()``).
 
@@ -71,9 +80,11 @@ def fit_multiworker(model, strategy, config, data: LoopData, *, run_dir: str, is
     ``val_exit_k_accuracy``, ...).
     """
     try:
-        return _fit(model, strategy, config, data, run_dir=run_dir, is_chief=is_chief, task_id=task_id,
-                    callbacks=callbacks, checkpoint_steps=checkpoint_steps)
+        return _fit(model, strategy, config, data, run_dir=run_dir, is_chief=is_chief, callbacks=callbacks,
+                    checkpoint_steps=checkpoint_steps)
     except _lost_worker_types() as error:
+        if not _is_lost_worker(error):
+            raise
         raise WorkerLostError(describe_lost_worker(error)) from None
 
 
@@ -89,7 +100,7 @@ def describe_lost_worker(error: BaseException) -> str:
     return f"lost contact with {who} during training ({reason}); {LOST_WORKER_HINT}"
 
 
-def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, task_id, callbacks, checkpoint_steps):
+def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callbacks, checkpoint_steps):
     import keras
     import tensorflow as tf
 

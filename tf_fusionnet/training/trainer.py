@@ -387,7 +387,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
                         channels=config.channels)
     for note in data.notes:
         print(note, flush=True)
-    is_chief, task_id = _is_chief(strategy)
+    is_chief, _ = _is_chief(strategy)
     # Every worker trains on the chief's split; only the chief writes the run's files.
     train_idx, val_idx = prepare_split(data, config.run_dir(), config.val_size, config.seed, write=is_chief)
     if len(train_idx) < config.batch_size:
@@ -460,7 +460,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
 
         logs = fit_multiworker(
             model, strategy, config, LoopData(x_train, y_train, train_dataset, val_ds), run_dir=run_dir,
-            is_chief=is_chief, task_id=task_id, checkpoint_steps=config.checkpoint_steps,
+            is_chief=is_chief, checkpoint_steps=config.checkpoint_steps,
             callbacks=[
                 EpochCSVLog(os.path.join(run_dir, "log.csv"), config.batch_size),
                 AtomicModelCheckpoint(os.path.join(run_dir, "model.keras"),
