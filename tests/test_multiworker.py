@@ -44,32 +44,6 @@ def _optimizer_iterations(values):
     return int(next(v for k, v in values.items() if k.startswith("optimizer/_iterations")))
 
 
-def test_two_workers_train_the_same_model_and_the_run_evaluates_and_exports(tmp_path):
-    run = tmp_path / "run"
-    done = subprocess.run(_launch_cmd(run, tmp_path / "logs", "--epochs", "2"), cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "epoch 2/2:" in done.stdout and "val acc" in done.stdout
-    values = _assert_same_weights(run)
-    assert _optimizer_iterations(values) == 2 * STEPS_PER_EPOCH
-    config = json.loads((run / "config.json").read_text())
-    assert config["strategy"] == "multiworker" and config["num_replicas"] == 2
-    # The chief wrote the run; the other worker only its checkpoint copy, in a hidden folder.
-    assert sorted(e for e in os.listdir(run) if not e.startswith(".")) == [
-        "backup", "best.keras", "best.keras.json", "config.json", "log.csv", "model.keras", "preprocessing.json",
-        "split.json"]
-    assert sorted(os.listdir(run / ".worker1")) == [".tf_fusionnet_run", "backup"]
-    assert [row.split(",")[0] for row in (run / "log.csv").read_text().splitlines()[1:]] == ["1", "2"]
-
-    from tf_fusionnet.evaluation import report
-    from tf_fusionnet.export.bundle import export_bundle
-
-    summary = report.evaluate_run(str(run), verbose=0)
-    assert len(summary["anytime"]) == 3
-    result = export_bundle(str(run), str(tmp_path / "bundle"), precisions=("float32",), verbose=False)
-    assert result["precisions"]["float32"]["within_1e-4"]
-
-
 def _worker_pid(launcher_pid: int, index: int) -> int | None:
     for child in subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split():
         try:
@@ -81,9 +55,12 @@ def _worker_pid(launcher_pid: int, index: int) -> int | None:
     return None
 
 
-def test_a_killed_worker_stops_the_others_and_the_same_command_resumes(tmp_path):
+def test_two_workers_survive_a_kill_train_the_same_model_and_the_run_evaluates_and_exports(tmp_path):
+    """Two workers, 2 epochs: worker 1 is killed after a mid-epoch checkpoint, the launcher stops
+    the other, and the same command resumes and finishes. (One scenario for the issue's two
+    tests: a clean 2-worker run would repeat the second half at a minute of test time.)"""
     run = tmp_path / "run"
-    cmd = _launch_cmd(run, tmp_path / "logs", "--epochs", "3", "--checkpoint_steps", "2")
+    cmd = _launch_cmd(run, tmp_path / "logs", "--epochs", "2", "--checkpoint_steps", "2")
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoints = run / "backup" / "multiworker"
     deadline = time.monotonic() + 300
@@ -103,14 +80,30 @@ def test_a_killed_worker_stops_the_others_and_the_same_command_resumes(tmp_path)
 
     resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "epoch 2/2:" in resumed.stdout and "val acc" in resumed.stdout
     values = _assert_same_weights(run)
     # Every step trained exactly once in the optimizer's count, so the schedule ran to its end.
-    assert _optimizer_iterations(values) == 3 * STEPS_PER_EPOCH
+    assert _optimizer_iterations(values) == 2 * STEPS_PER_EPOCH
     rows = (run / "log.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2"]
     header = rows[0].split(",")
     assert float(rows[-1].split(",")[header.index("lr")]) == pytest.approx(0.0, abs=1e-9)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["strategy"] == "multiworker" and config["num_replicas"] == 2
+    # The chief wrote the run; the other worker only its checkpoint copy, in a hidden folder.
+    assert sorted(e for e in os.listdir(run) if not e.startswith(".")) == [
+        "backup", "best.keras", "best.keras.json", "config.json", "log.csv", "model.keras", "preprocessing.json",
+        "split.json"]
+    assert sorted(os.listdir(run / ".worker1")) == [".tf_fusionnet_run", "backup"]
+
+    from tf_fusionnet.evaluation import report
+    from tf_fusionnet.export.bundle import export_bundle
+
+    summary = report.evaluate_run(str(run), verbose=0)
+    assert len(summary["anytime"]) == 3
+    result = export_bundle(str(run), str(tmp_path / "bundle"), precisions=("float32",), verbose=False)
+    assert result["precisions"]["float32"]["within_1e-4"]
 
 
 def test_lost_worker_message_names_the_peer():

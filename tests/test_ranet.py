@@ -50,8 +50,13 @@ def test_official_rules_for_downsampling_and_transitions():
     assert [ranet_down_blocks(blocks, f, s) for f, s in [(1, 2), (2, 3), (3, 3)]] == [{2}, {2, 4}, {4, 6}]
 
 
-def test_ranet_cifar_layout():
-    model = build_model("ranet-cifar")
+@pytest.fixture(scope="module")
+def ranet_cifar():
+    return build_model("ranet-cifar")
+
+
+def test_ranet_cifar_layout(ranet_cifar):
+    model = ranet_cifar
     assert model.num_exits == 8
     # Flows start at 8x8, 16x16, 32x32, 32x32 and every exit classifies an 8x8 map.
     assert [tuple(model.get_layer(f"stem_{i}_relu").output.shape[1:3]) for i in (4, 3, 2, 1)] == [
@@ -68,10 +73,10 @@ def test_ranet_cifar_layout():
     assert isinstance(node_of(cat.input[1]).operation, AlignedBilinearResize)
 
 
-def test_official_initialisation():
+def test_official_initialisation(ranet_cifar):
     """normal(0, sqrt(2/n)), n = k*k*C_out, in the flows and heads; PyTorch's default in the first
     layer, which the official _init_weights never visits; zero Dense bias."""
-    model = build_model("ranet-cifar")
+    model = ranet_cifar
     body = model.get_layer("f1_b1_l1_3x3_conv").kernel
     kh, kw, _, c_out = body.shape
     assert float(np.std(np.asarray(body))) == pytest.approx(np.sqrt(2 / (kh * kw * c_out)), rel=0.1)
@@ -122,13 +127,13 @@ def test_chained_stages_equal_the_model(preset):
         returned |= set(cut.output_names[k][1:])
 
 
-def test_ranet_stages_read_several_stages_back():
-    cut = cut_stages(build_model("ranet-cifar"))
+def test_ranet_stages_read_several_stages_back(ranet_cifar):
+    cut = cut_stages(ranet_cifar)
     made_by = {n: k for k, names in enumerate(cut.output_names) for n in names[1:]}
     # Stage 3 (flow 2, block 3) reads flow 1's blocks (stages 1 and 2) and the stem (stage 1).
     assert {made_by[n] for n in cut.input_names[2]} == {0, 1}
     # MSDNet's cut is still "the state after block k", nothing more.
-    msdnet = build_model("msdnet-cifar-anytime")
+    msdnet = build_model("msdnet-tiny")
     msd_cut = cut_stages(msdnet)
     for k in range(1, msdnet.num_exits):
         assert {id(t) for t in msd_cut.inputs[k]} == {id(t) for t in msdnet.block_state_tensors(k - 1)}
