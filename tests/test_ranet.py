@@ -151,14 +151,16 @@ def test_ranet_trains_evaluates_exports_and_cascades(tmp_path):
     assert [e["macs"] for e in summary["anytime"]] == exit_macs(build_model("ranet-tiny"))
     assert os.path.isfile(os.path.join(run, "eval", "anytime.png")) and summary["budgeted"]
     out = str(tmp_path / "bundle")
-    result = export_bundle(run, out, precisions=("float32", "int8"), verbose=False)
+    # float32 only, for the suite's time: int8 stages of RANet (RESIZE_BILINEAR included) are
+    # converted by the cifar10_cpu30 smoke run.
+    result = export_bundle(run, out, precisions=("float32",), verbose=False)
     assert result["precisions"]["float32"]["within_1e-4"]
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["model_class"] == "RANet"
     assert any(set(s["inputs"]) - set(manifest["stages"][k - 1]["outputs"]) - {"image"}
                for k, s in enumerate(manifest["stages"]) if k > 0), "no stage reads past its predecessor"
     images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    runner = CascadeRunner(out, precision="int8", thresholds=[0.0, 0.0, 0.0])
+    runner = CascadeRunner(out, precision="float32", thresholds=[0.0, 0.0, 0.0])
     assert [r["exit"] for r in runner.classify(images)] == [1] * 6
     runner = CascadeRunner(out, precision="float32")
     answers = runner.classify(images)
