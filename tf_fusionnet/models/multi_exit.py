@@ -24,7 +24,35 @@ def _check_kwargs(cls_name: str, kwargs: dict[str, Any]) -> None:
         raise TypeError(f"{cls_name} got unexpected argument(s) {', '.join(unknown)}")
 
 
-class _MultiExitNetwork(keras.Model):
+class MultiExitModel(keras.Model):
+    """What every multi-exit model here shares: its exits, its architecture config, and how a
+    saved config is read back (with ``_LEGACY_DEFAULTS`` for arguments added later)."""
+
+    _LEGACY_DEFAULTS: dict[str, Any] = {}
+    _arch_config: dict[str, Any]
+
+    def stage_targets(self, exit_index: int) -> list:
+        """Tensors stage ``exit_index`` computes besides its exit (see ``models/stage_cut.py``)."""
+        return []
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.outputs)
+
+    @property
+    def arch_config(self) -> dict[str, Any]:
+        """The architecture arguments this model was built with."""
+        return dict(self._arch_config)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "trainable": self.trainable, **self.arch_config}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        return cls(**{**cls._LEGACY_DEFAULTS, **config})
+
+
+class _MultiExitNetwork(MultiExitModel):
     """Shared constructor plumbing; use :class:`MSDNet` or :class:`FusionNet`."""
 
     # Values of arguments added after models were first saved: a config without
@@ -89,22 +117,6 @@ class _MultiExitNetwork(keras.Model):
         if exit_index >= len(self.outputs) - 1:
             return []
         return self.block_state_tensors(exit_index)
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.outputs)
-
-    @property
-    def arch_config(self) -> dict[str, Any]:
-        """The architecture arguments this model was built with."""
-        return dict(self._arch_config)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "trainable": self.trainable, **self.arch_config}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]):
-        return cls(**{**cls._LEGACY_DEFAULTS, **config})
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")

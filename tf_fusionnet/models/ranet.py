@@ -33,6 +33,7 @@ from tf_fusionnet.models.blocks import (
     validate_image_shape,
 )
 from tf_fusionnet.models.layers import AlignedBilinearResize
+from tf_fusionnet.models.multi_exit import MultiExitModel, _check_kwargs
 
 RANET_INITIALIZERS = ("ranet",) + INITIALIZERS
 STEP_MODES = ("even", "lg")
@@ -189,7 +190,7 @@ def build_ranet_outputs(inputs, *, num_classes: int, n_channels: int, growth_rat
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")
-class RANet(keras.Model):
+class RANet(MultiExitModel):
     """Resolution Adaptive Network (Yang et al., CVPR 2020), the official CIFAR configuration.
 
     The defaults are ``train_cifar.sh`` with the official ``args.py`` defaults: 4 flows at scales
@@ -223,9 +224,6 @@ class RANet(keras.Model):
     ```
     """
 
-    # Arguments added after models were first saved, with the value older files were built with.
-    _LEGACY_DEFAULTS: dict[str, Any] = {}
-
     def __init__(
         self,
         num_classes: int = 10,
@@ -246,9 +244,7 @@ class RANet(keras.Model):
         name: str | None = None,
         **kwargs,
     ):
-        unknown = sorted(set(kwargs) - {"trainable", "dtype"})
-        if unknown:
-            raise TypeError(f"RANet got unexpected argument(s) {', '.join(unknown)}")
+        _check_kwargs("RANet", kwargs)
         image_shape = validate_image_shape(image_shape)
         config = dict(
             num_classes=num_classes, image_shape=list(image_shape), n_channels=n_channels,
@@ -262,22 +258,3 @@ class RANet(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name or "ranet", **kwargs)
         self._arch_config = config
 
-    def stage_targets(self, exit_index: int) -> list:
-        """Tensors stage ``exit_index`` computes besides its exit: none (a stage is what its exit needs)."""
-        return []
-
-    @property
-    def num_exits(self) -> int:
-        return len(self.outputs)
-
-    @property
-    def arch_config(self) -> dict[str, Any]:
-        """The architecture arguments this model was built with."""
-        return dict(self._arch_config)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "trainable": self.trainable, **self.arch_config}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]):
-        return cls(**{**cls._LEGACY_DEFAULTS, **config})
