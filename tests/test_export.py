@@ -86,10 +86,17 @@ def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
         expected_class = test_probs.argmax(2)[expected_exit, np.arange(len(expected_exit))]
         runner = runner_module.CascadeRunner(bundle["bundle"], thresholds=thresholds)
         results = runner.classify(test_images)  # one batch
-        assert [r["exit"] - 1 for r in results] == expected_exit.tolist()
-        assert [r["class"] for r in results] == expected_class.tolist()
+        # TFLite's float32 logits differ from Keras's by ~1e-7, so an image whose confidence lies
+        # that close to a threshold may go either way; the 1-epoch tiny model's confidences crowd
+        # around 0.1, where that happens. Those images are left out; most must remain.
+        finite = np.asarray([t if np.isfinite(t) else np.nan for t in thresholds[:-1]])
+        margin = np.abs(test_probs.max(2)[:-1] - finite[:, None])
+        clear = ~np.any(np.nan_to_num(margin, nan=1.0) < 1e-5, axis=0)
+        assert clear.mean() > 0.5
+        assert [r["exit"] - 1 for r, c in zip(results, clear) if c] == expected_exit[clear].tolist()
+        assert [r["class"] for r, c in zip(results, clear) if c] == expected_class[clear].tolist()
         one_by_one = [runner.classify(img)[0] for img in test_images[:20]]
-        assert [r["exit"] - 1 for r in one_by_one] == expected_exit[:20].tolist()
+        assert [r["exit"] - 1 for r, c in zip(one_by_one, clear[:20]) if c] == expected_exit[:20][clear[:20]].tolist()
 
 
 def _run_cli(bundle_dir, *args):
