@@ -52,10 +52,11 @@ def main(argv):
 
     import_tensorflow(verbose=config.verbose == 3)
     from tf_fusionnet.training import format_exit_table, train
+    from tf_fusionnet.training.distributed import WorkerLostError
 
     try:
         result = train(config)
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, WorkerLostError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"\nrun: {result['run_dir']}  (last epoch)")

@@ -60,14 +60,32 @@ def _delta(a, b) -> str:
 def write_report(out: str) -> str:
     """Writes out/results.md: the README table and the matched-cost verdict, from summary.json.
 
-    The first preset is the candidate, the second the baseline; the baseline's curves are
-    interpolated at the candidate's costs (never extrapolated).
+    The first preset is the candidate, every other one a baseline (``--presets
+    fusionnet-cifar,msdnet-cifar-anytime,ranet-cifar`` compares against both); a baseline's
+    curves are interpolated at the candidate's costs (never extrapolated).
     """
     from tf_fusionnet.utils import atomic_write_text
 
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    (cand, cand_m), (base, base_m) = list(summary["models"].items())[:2]
+    models = list(summary["models"].items())
+    lines = []
+    for (base, base_m) in models[1:]:
+        lines += _comparison(summary, out, models[0], (base, base_m))
+        lines.append("")
+    lines[-1:] = ["", "Training wall clock (2 CPU cores): " + "; ".join(
+        f"{p}: {summary['wall_clock_seconds'].get(f'train {p}', 0) / 60:.0f} min"
+        + (f" ({sum(m['train_epoch_seconds']) / 60:.0f} min in {len(m['train_epoch_seconds'])} epochs)"
+           if m.get("train_epoch_seconds") else "")
+        for p, m in models) + ".", ""]
+    text = "\n".join(lines)
+    atomic_write_text(os.path.join(out, "results.md"), text)
+    return text
+
+
+def _comparison(summary: dict, out: str, candidate: tuple, baseline: tuple) -> list[str]:
+    """The tables and goal checks of the candidate against one baseline."""
+    (cand, cand_m), (base, base_m) = candidate, baseline
     budgeted, num_val = {}, 0
     for preset in (cand, base):
         with open(os.path.join(out, preset, "budgeted.json")) as f:
@@ -116,11 +134,6 @@ def write_report(out: str) -> str:
                 row += " - |" if ms is None else f" {ms:.2f} |"
         lines.append(row)
 
-    lines += ["", "Training wall clock (2 CPU cores): " + "; ".join(
-        f"{p}: {summary['wall_clock_seconds'].get(f'train {p}', 0) / 60:.0f} min"
-        + (f" ({sum(m['train_epoch_seconds']) / 60:.0f} min in {len(m['train_epoch_seconds'])} epochs)"
-           if m.get("train_epoch_seconds") else "")
-        for p, m in ((cand, cand_m), (base, base_m))) + "."]
     ratio = cand_m["anytime"][-1]["macs"] / base_m["anytime"][-1]["macs"]
     lines += ["", "Goal checks:", "",
               f"- Anytime, {cand} minus {base} at {cand}'s exits: "
@@ -133,17 +146,16 @@ def write_report(out: str) -> str:
               if budget_deltas else "- Budgeted: no overlapping cost range.",
               f"- Last exit: {cand_m['anytime'][-1]['macs'] / 1e6:.2f}M / {base_m['anytime'][-1]['macs'] / 1e6:.2f}M "
               f"MACs = {ratio:.3f}x (goal <= 0.85x: {'met' if ratio <= 0.85 else 'not met'})."]
-    paired = summary.get("paired_exit_differences")
+    first_baseline = list(summary["models"])[1]
+    paired = summary.get("paired_exit_differences_by_baseline", {}).get(base) or (
+        summary.get("paired_exit_differences") if base == first_baseline else None)
     if paired:
         errors = [100 * p["standard_error"] for p in paired]
         lines.append(f"- Noise: on the same test images, the top-1 difference between the two models' "
                      f"same-numbered exits has a paired standard error of {min(errors):.2f} to {max(errors):.2f} "
                      f"points, so differences smaller than about {2 * max(errors):.1f} points (two standard "
                      "errors) are not resolved by this test set.")
-    lines.append("")
-    text = "\n".join(lines)
-    atomic_write_text(os.path.join(out, "results.md"), text)
-    return text
+    return lines
 
 
 def main(argv):
@@ -209,7 +221,10 @@ def main(argv):
             [float(t) for t in epoch_seconds] if all(epoch_seconds) else None)
     # How far apart two ~80% classifiers land on the same test images by chance: the scale
     # against which the matched-cost differences in results.md are read.
-    summary["paired_exit_differences"] = paired_errors(*list(runs.values())[:2])
+    run_dirs = list(runs.values())
+    summary["paired_exit_differences"] = paired_errors(*run_dirs[:2])
+    summary["paired_exit_differences_by_baseline"] = {p: paired_errors(run_dirs[0], r)
+                                                      for p, r in list(runs.items())[1:]}
     atomic_write_json(os.path.join(FLAGS.out, "summary.json"), summary)
     print(write_report(FLAGS.out))
     print(f"wrote {FLAGS.out}/ (summary.json, results.md, anytime.png, budgeted.png, cascade_ms.png)")

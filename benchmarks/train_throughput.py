@@ -45,7 +45,7 @@ import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_list("presets", ["msdnet-cifar-anytime", "fusionnet-cifar"], "Presets.")
+flags.DEFINE_list("presets", ["msdnet-cifar-anytime", "fusionnet-cifar", "ranet-cifar"], "Presets.")
 flags.DEFINE_string("baseline", "9aaa325", "Commit to compare with ('' to skip).")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
 flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics.")
@@ -146,12 +146,15 @@ def run_child(tree: str, preset: str, variant: str | None) -> dict:
     return _last_json(done.stdout)
 
 
-def baseline_macs(tree: str, preset: str) -> int:
-    code = ("from tf_fusionnet.presets import build_model; from tf_fusionnet.macs import exit_macs; "
-            f"print(exit_macs(build_model({preset!r}))[-1])")
+def baseline_macs(tree: str, preset: str) -> int | None:
+    """Forward MACs per image of ``preset`` in the baseline tree; None where that tree lacks the preset
+    (``ranet-cifar`` is newer than 9aaa325): the preset is then measured in this tree only."""
+    code = ("import sys; from tf_fusionnet.presets import PRESETS, build_model; from tf_fusionnet.macs import "
+            f"exit_macs; print(exit_macs(build_model({preset!r}))[-1] if {preset!r} in PRESETS else 'absent')")
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, env=_env(),
                           check=True)
-    return int(done.stdout.strip().splitlines()[-1])
+    answer = done.stdout.strip().splitlines()[-1]
+    return None if answer == "absent" else int(answer)
 
 
 def real_epochs(preset: str, epochs: int, work: str) -> dict:
@@ -190,7 +193,7 @@ def summarize(rounds: list[dict], presets: list[str], variants: list[str], basel
             ips = [r["current"][variant]["images_per_second"] for r in rows]
             entry = {"preset": preset, "variant": variant, "precision": rows[0]["current"][variant]["precision"],
                      "images_per_second": ips, "median_images_per_second": statistics.median(ips)}
-            if baseline:
+            if baseline and all("baseline" in r for r in rows):
                 base = [r["baseline"]["images_per_second"] for r in rows]
                 macs_now = rows[0]["current"][variant]["macs_per_image"]
                 macs_then = rows[0]["baseline"]["macs_per_image"]
@@ -239,14 +242,14 @@ def main(argv):
         for round_index in range(1, FLAGS.rounds + 1):
             for preset in FLAGS.presets:
                 entry = {"round": round_index, "preset": preset, "current": {}}
-                if baseline_tree:
+                if baseline_tree and base_macs[preset] is not None:
                     entry["baseline"] = {**run_child(baseline_tree, preset, None),
                                          "macs_per_image": base_macs[preset]}
                 for variant in FLAGS.variants:
                     entry["current"][variant] = run_child(ROOT, preset, variant)
                 rounds.append(entry)
                 line = f"round {round_index}  {preset:22s}"
-                if baseline_tree:
+                if "baseline" in entry:
                     line += f" baseline {entry['baseline']['images_per_second']:6.1f}"
                 for variant, r in entry["current"].items():
                     line += f"  {variant} {r['images_per_second']:6.1f}"

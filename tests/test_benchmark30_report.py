@@ -60,11 +60,33 @@ def test_report_tables_noise_and_claims(bench, tmp_path):
     assert "0.80 points" in noise_line  # two paired SEs (0.8) beat the largest seed spread (0.5)
     assert "up to 0.50 points" in text
     claims = text[text.index("## The paper's claims"):]
-    assert "17.1% cheaper" in claims and ": supported." in claims.splitlines()[2]
+    last_exit = next(line for line in claims.splitlines() if line.startswith("- Last exit"))
+    assert "17.1% cheaper than MSDNet's" in last_exit and last_exit.endswith(": supported.")
     assert "Budgeted ahead at every budget: +2.00 at 20M" in claims
     # 16M lies below the full model's first exit (not extrapolated); 60M: 0.74 against 0.7561.
     assert "`fusionnet-cifar-nofusion` against the full FusionNet at equal MACs: mean -1.61 points over 1 exits" in claims
     assert "beyond noise" in claims
+
+
+def test_claims_are_read_against_ranet_too(bench, tmp_path):
+    """With RANet among the main models, each claim is also read against it, with the paper's own
+    cost share for RANet (32% cheaper last exit, not MSDNet's 15%)."""
+    fusion = [(17, 0.80), (63, 0.86)]
+    jobs = {
+        "fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", fusion),
+        "ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (95, 0.85)]),
+        "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime",
+                                     [(15, 0.78), (76, 0.83)]),
+    }
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
+    claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
+    assert "Against RANet (`ranet-cifar`)" in claims and "Against MSDNet (`msdnet-cifar-anytime`)" in claims
+    last = [line for line in claims.splitlines() if line.startswith("- Last exit")]
+    assert "33.7% cheaper than RANet's (63.00M against 95.00M) at +1.00 points" in last[0]
+    assert "17.1% cheaper than MSDNet's" in last[1]
+    slim = dict(jobs, **{"ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (80, 0.85)])})
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": slim, "baseline_preset": "msdnet-cifar-anytime"}))
+    assert "not supported (not 32% cheaper)" in bench.write_report(str(tmp_path))
 
 
 def test_pilot_score_uses_validation_columns_only(bench):

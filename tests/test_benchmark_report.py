@@ -79,3 +79,25 @@ def test_report_gives_the_noise_scale(bench, tmp_path):
     text = bench.write_report(str(tmp_path))
     assert "paired standard error of 0.34 to 0.36 points" in text
     assert "smaller than about 0.7 points" in text
+
+
+def test_report_compares_the_candidate_with_every_baseline(bench, tmp_path):
+    """A third preset (RANet) gets its own tables and goal checks against the candidate."""
+    _write_results(tmp_path, cand_exits=[(20e6, 0.50), (35e6, 0.60)], base_exits=[(15e6, 0.52), (45e6, 0.70)],
+                   cand_points=[(30e6, 0.55)], base_points=[(10e6, 0.40), (50e6, 0.80)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary["models"]["third"] = {"anytime": [{"exit": 1, "macs": 10e6, "top1": 0.4},
+                                              {"exit": 2, "macs": 70e6, "top1": 0.7}]}
+    summary["paired_exit_differences_by_baseline"] = {
+        "third": [{"exit": 1, "top1_difference": 0.1, "standard_error": 0.005}]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "third").mkdir()
+    (tmp_path / "third" / "budgeted.json").write_text(json.dumps(
+        {"num_val": 5000, "points": [{"avg_macs": 30e6, "top1": 0.5}]}))
+    text = bench.write_report(str(tmp_path))
+    assert "Candidate `cand`, baseline `base`" in text and "Candidate `cand`, baseline `third`" in text
+    assert "35.00M / 70.00M MACs = 0.500x" in text  # against the third model's last exit
+    # exit 1 at 20M against third's 10M->70M line: 0.45, +5.00; exit 2 at 35M: 0.525, +7.50.
+    assert "+5.00, +7.50 points (2 of 2 at or above)" in text
+    assert text.count("paired standard error") == 1 and "0.50 to 0.50 points" in text
+    assert text.count("Training wall clock") == 1

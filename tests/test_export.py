@@ -161,9 +161,26 @@ def test_latency_budget_picks_affordable_thresholds(bundle, tmp_path):
     runner = runner_module.CascadeRunner(bundle["bundle"])
     cache = str(tmp_path / "latency.json")
     chosen = runner.use_latency_budget(1e6, cache=cache)
-    assert os.path.exists(cache) and len(chosen["stage_ms"]) == 3
+    assert os.path.exists(cache) and len(chosen["exit_ms"]) == 3
+    # Answering later costs more: the measured per-exit costs include every stage before.
+    assert chosen["exit_ms"][0] < chosen["exit_ms"][-1]
     # An ample budget picks the manifest entry with the largest expected latency.
-    expected = [float(np.dot(e["val_exit_shares"], chosen["stage_ms"])) for e in runner.manifest["thresholds"]]
+    expected = [float(np.dot(e["val_exit_shares"], chosen["exit_ms"])) for e in runner.manifest["thresholds"]]
     assert chosen["expected_ms"] == pytest.approx(max(expected))
     with pytest.raises(runner_module.BundleError):
         runner.use_latency_budget(0.0, cache=cache)
+    # A second runner reads the same device's measurement from the cache instead of measuring.
+    again = runner_module.CascadeRunner(bundle["bundle"])
+    assert again.cascade_timings(cache=cache) == runner.cascade_timings()
+
+
+def test_deadline_never_starts_a_stage_that_cannot_finish(bundle):
+    runner_module = _runner_module(bundle["bundle"])
+    runner = runner_module.CascadeRunner(bundle["bundle"])  # early exit off: only time stops it
+    image = np.zeros((1, 32, 32, 3), np.uint8)
+    runner._timings = {"exit_ms": [1.0, 2.0, 3.0], "stage_cost_ms": [1.0, 1e6, 1e6]}
+    answer = runner.classify(image, deadline_ms=50.0)[0]
+    assert answer["exit"] == 1 and answer["deadline_hit"]  # stage 2 would take longer than the deadline
+    runner._timings = {"exit_ms": [1.0, 2.0, 3.0], "stage_cost_ms": [0.0, 0.0, 0.0]}
+    answer = runner.classify(image, deadline_ms=1e6)[0]
+    assert answer["exit"] == 3 and not answer["deadline_hit"]

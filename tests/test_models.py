@@ -19,11 +19,14 @@ OFFICIAL = {
         [15.140, 25.506, 37.096, 46.331, 57.336, 66.961, 75.938], 3_067_960),
     ("msdnet-cifar-budgeted", 10): ([6.848, 14.327, 27.502, 41.668, 58.423], 2_020_874),
     ("msdnet-cifar-budgeted", 100): ([6.860, 14.350, 27.537, 41.715, 58.481], 2_078_924),
+    # The official RANet-pytorch op_counter (train_cifar.sh with args.py defaults), from issue 16.
+    ("ranet-cifar", 10): ([15.814, 31.283, 44.655, 50.358, 60.655, 63.648, 90.174, 94.905], 3_261_830),
+    ("ranet-cifar", 100): ([15.826, 31.306, 44.690, 50.405, 60.713, 63.718, 90.255, 94.997], 3_354_710),
 }
 
 
 @pytest.mark.parametrize("preset,num_classes", sorted(OFFICIAL))
-def test_msdnet_matches_official_counts(preset, num_classes):
+def test_baselines_match_official_counts(preset, num_classes):
     expected_macs, expected_params = OFFICIAL[(preset, num_classes)]
     model = build_model(preset, num_classes=num_classes)
     macs = exit_macs(model)
@@ -132,7 +135,7 @@ def test_block_layout_and_scale_schedule():
     assert schedule[12] == (2, 1) and schedule[15] == (1, 1)
 
 
-@pytest.mark.parametrize("preset", ["fusionnet-tiny", "msdnet-tiny"])
+@pytest.mark.parametrize("preset", ["fusionnet-tiny", "msdnet-tiny", "ranet-tiny"])
 @pytest.mark.parametrize("shape,classes", [((16, 16, 3), 10), ((28, 28, 1), 7), ((64, 64, 3), 100), ((33, 45, 2), 3)])
 def test_any_input_shape_and_classes(preset, shape, classes):
     model = build_model(preset, num_classes=classes, image_shape=shape)
@@ -148,7 +151,7 @@ def test_too_small_input_is_refused():
         build_model("fusionnet-tiny", image_shape=(8, 8, 3))
 
 
-@pytest.mark.parametrize("preset", ["fusionnet-tiny", "msdnet-tiny"])
+@pytest.mark.parametrize("preset", ["fusionnet-tiny", "msdnet-tiny", "ranet-tiny"])
 def test_keras_round_trip_safe_mode(preset, tmp_path):
     model = build_model(preset, num_classes=5, image_shape=(20, 24, 3))
     x = np.random.RandomState(0).rand(3, 20, 24, 3).astype("float32")
@@ -221,8 +224,8 @@ def test_get_config_is_complete():
 
 def test_every_preset_is_listed_and_builds():
     names = preset_names()
-    for required in ["msdnet-cifar-anytime", "msdnet-cifar-budgeted", "fusionnet-cifar",
-                     "fusionnet-tiny", "msdnet-tiny"]:
+    for required in ["msdnet-cifar-anytime", "msdnet-cifar-budgeted", "fusionnet-cifar", "ranet-cifar",
+                     "fusionnet-tiny", "msdnet-tiny", "ranet-tiny"]:
         assert required in names
     with pytest.raises(ValueError, match="Unknown preset"):
         build_model("resnet-9000")

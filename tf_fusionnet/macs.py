@@ -7,24 +7,29 @@ Convention of the official MSDNet-PyTorch ``op_counter.py`` (batch 1):
 * average / max pooling: ``C * H_out * W_out * k^2``;
 * global average pooling: the elements of its input;
 * Dense: weights + biases;
-* BatchNormalization, concatenation, addition, input: 0.
+* BatchNormalization, concatenation, addition, input, bilinear resampling: 0.
 
-Exit k costs everything that runs before its answer in a cascade: blocks
-1..k in full (including finer-scale features that only later blocks read, as
-the official counter and a stage-wise cascade both do) and the heads of exits
-1..k (a sample reaching exit k was first classified by exits 1..k-1). The
-count walks the functional graph back from each exit and from the feature maps
-after each block, so it follows the network actually built, not a per-preset
-formula.
+Exit k costs everything that runs before its answer in a cascade: stages
+1..k of :func:`tf_fusionnet.models.stage_cut.cut_stages` (for MSDNet and
+FusionNet blocks 1..k in full, including finer-scale features that only later
+blocks read, as the official counter and a stage-wise cascade both do; for
+RANet everything exits 1..k read, which is the official forward order) and the
+heads of exits 1..k (a sample reaching exit k was first classified by exits
+1..k-1). The count walks the functional graph, so it follows the network
+actually built, not a per-preset formula.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import keras
 from keras import layers
+
+from tf_fusionnet.models.layers import AlignedBilinearResize
+from tf_fusionnet.models.stage_cut import ancestor_nodes, cut_stages
+
+__all__ = ["ancestor_nodes", "exit_macs", "node_macs", "trainable_params"]
 
 _ZERO_COST = (
     layers.InputLayer,
@@ -35,6 +40,7 @@ _ZERO_COST = (
     layers.Flatten,
     layers.Reshape,
     layers.Identity,
+    AlignedBilinearResize,  # F.interpolate is a function, which the official counters never see
 )
 
 
@@ -93,21 +99,6 @@ def node_macs(node) -> int:
     )
 
 
-def ancestor_nodes(tensors: Iterable) -> dict[int, object]:
-    """Every graph node needed to compute ``tensors``, keyed by ``id``."""
-    seen: dict[int, object] = {}
-    stack = list(tensors)
-    while stack:
-        tensor = stack.pop()
-        op, node_index, _ = tensor._keras_history
-        node = op._inbound_nodes[node_index]
-        if id(node) in seen:
-            continue
-        seen[id(node)] = node
-        stack.extend(node.input_tensors)
-    return seen
-
-
 def exit_macs(model: keras.Model) -> list[int]:
     """Cumulative MACs of every exit of a functional multi-exit model.
 
@@ -123,14 +114,10 @@ def exit_macs(model: keras.Model) -> list[int]:
     exit_macs(build_model("msdnet-cifar-anytime"))[-1]  # about 75.9e6
     ```
     """
-    needed: dict[int, object] = {}
-    cumulative = []
-    for k, output in enumerate(model.outputs):
-        stage_outputs = [output]
-        if hasattr(model, "block_state_tensors") and k < len(model.outputs) - 1:
-            stage_outputs += model.block_state_tensors(k)
-        needed.update(ancestor_nodes(stage_outputs))
-        cumulative.append(sum(node_macs(node) for node in needed.values()))
+    cumulative, total = [], 0
+    for stage_nodes in cut_stages(model).nodes:
+        total += sum(node_macs(node) for node in stage_nodes.values())
+        cumulative.append(total)
     return cumulative
 
 

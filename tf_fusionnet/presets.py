@@ -10,7 +10,11 @@ if TYPE_CHECKING:
     import keras
 
 # Class names, resolved on use: reading the presets does not load TensorFlow.
-MODEL_CLASSES = {"MSDNet": "tf_fusionnet.models.multi_exit", "FusionNet": "tf_fusionnet.models.multi_exit"}
+MODEL_CLASSES = {
+    "MSDNet": "tf_fusionnet.models.multi_exit",
+    "FusionNet": "tf_fusionnet.models.multi_exit",
+    "RANet": "tf_fusionnet.models.ranet",
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "msdnet-cifar-anytime": {
@@ -35,6 +39,15 @@ PRESETS: dict[str, dict[str, Any]] = {
             growth_rate=12,
             stem_channels=32,
             stem_stride=2,
+        ),
+    },
+    "ranet-cifar": {
+        "class": "RANet",
+        "description": "RANet, the official CIFAR setting (train_cifar.sh): 4 flows at scales 1-2-3-3, 8 exits.",
+        "config": dict(
+            n_channels=16, growth_rate=6, gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1),
+            scale_list=(1, 2, 3, 3), num_blocks=2, block_step=2, step=4, step_mode="even",
+            compress_factor=0.25, reduction=0.5,
         ),
     },
     # Ablations of fusionnet-cifar (issue 17): one contribution removed or added at a time.
@@ -78,6 +91,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "config": dict(
             num_blocks=3, step_mode="even", step=1, base=1, n_channels=8, growth_rate=4,
             head_channels=16,
+        ),
+    },
+    "ranet-tiny": {
+        "class": "RANet",
+        "description": "Tiny RANet for tests: 3 flows at scales 1-2-2, 3 exits.",
+        "config": dict(
+            n_channels=4, growth_rate=4, gr_factor=(2, 1, 1), bn_factor=(2, 1, 1), scale_list=(1, 2, 2),
+            num_blocks=1, block_step=1, step=1, head_channels=16,
         ),
     },
     "fusionnet-tiny": {

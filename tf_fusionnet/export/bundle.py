@@ -23,9 +23,9 @@ from tf_fusionnet.export.stages import (
     exit_models,
     representative_feed,
     run_keras_stages,
-    stage_io_names,
     stage_models,
 )
+from tf_fusionnet.models.stage_cut import cut_stages
 
 
 def threshold_table(val_probs: np.ndarray, val_labels: np.ndarray, exit_macs: Sequence[float],
@@ -121,11 +121,12 @@ def export_bundle(
     std = np.asarray(run.preprocessing["std"], np.float32)
     normalize = lambda x: ((x.astype(np.float32) - mean) / std).astype(np.float32)
 
-    stages = stage_models(model)
+    cut = cut_stages(model)
+    stages = stage_models(model, cut)
     num_exits = len(stages)
     rng = np.random.default_rng(0)
     calib_idx = np.sort(rng.choice(train_idx, size=min(calibration_images, len(train_idx)), replace=False))
-    calib_feeds = run_keras_stages(stages, normalize(data.train_images[calib_idx]))
+    calib_feeds = run_keras_stages(stages, normalize(data.train_images[calib_idx]), cut)
 
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".tmp-bundle-{os.getpid()}-", dir=parent)
@@ -137,7 +138,7 @@ def export_bundle(
         standalone_files: dict[str, list[str]] = {}
         stage_specs = []
         for k in range(num_exits):
-            inputs, outputs = stage_io_names(model, k)
+            inputs, outputs = cut.input_names[k], cut.output_names[k]
             stage_specs.append({"stage": k + 1, "signature": "serve", "inputs": inputs, "outputs": outputs,
                                 "input_shapes": [list(t.shape[1:]) for t in stages[k].inputs],
                                 "cumulative_macs": int(run.exit_macs[k])})
@@ -145,7 +146,7 @@ def export_bundle(
             os.makedirs(os.path.join(tmp_dir, precision))
             files[precision] = []
             for k, stage in enumerate(stages):
-                inputs, outputs = stage_io_names(model, k)
+                inputs, outputs = cut.input_names[k], cut.output_names[k]
                 rep = representative_feed(inputs, calib_feeds[k]) if precision == "int8" else None
                 name = f"{precision}/stage_{k + 1}.tflite"
                 with open(os.path.join(tmp_dir, name), "wb") as f:

@@ -222,6 +222,9 @@ class CascadeRunner:
             raise BundleError(f"precision {precision!r} not in the bundle "
                               f"(has {', '.join(self.manifest['precisions'])})")
         self.precision = precision
+        self.threads = threads
+        self.timing_cache: str | None = None  # where cascade_timings() keeps its measurement
+        self._timings: dict | None = None
         files = self.manifest["precisions"][precision]["stages"]
         verify_files(bundle, self.manifest, files)
         self.runners = []
@@ -231,10 +234,7 @@ class CascadeRunner:
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
         with _portable.captured_stderr_fd((BundleError,)):
             self._load_stages(bundle, files, threads)
-            feed = {"image": np.zeros((1,) + self.input_shape, np.float32)}
-            for k in range(len(self.runners)):
-                feed = self._run_stage(k, feed)
-                feed.pop("logits")
+            self.run_stages(np.zeros((1,) + self.input_shape, np.float32))
         self.num_exits = len(self.runners)
         self.channels = self.input_shape[2]
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
@@ -260,6 +260,21 @@ class CascadeRunner:
                 self.runners.append(interpreter.get_signature_runner("serve"))
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
+        # A stage reads named tensors returned by any earlier stage (RANet reads several stages
+        # back), so the runner keeps a pool of them and drops each after its last reader.
+        self.stage_inputs = [list(r.get_input_details()) for r in self.runners]
+        available = {"image"}
+        for k, (name, runner) in enumerate(zip(files, self.runners)):
+            missing = sorted(set(self.stage_inputs[k]) - available)
+            if missing:
+                raise BundleError(f"{os.path.join(bundle, name)} reads {', '.join(missing)}, which no earlier "
+                                  "stage returns")
+            available |= set(runner.get_output_details())
+        last_reader: dict[str, int] = {}
+        for k, names in enumerate(self.stage_inputs):
+            for n in names:
+                last_reader[n] = k
+        self._dead_after = [[n for n, last in last_reader.items() if last == k] for k in range(len(files))]
 
     # -- inputs -----------------------------------------------------------------
 
@@ -273,8 +288,20 @@ class CascadeRunner:
                               f"{'x'.join(map(str, self.input_shape))} (HxWxC)")
         return ((images.astype(np.float32) - self.mean) / self.std).astype(np.float32)
 
-    def _run_stage(self, k: int, feed: dict) -> dict:
-        return self.runners[k](**feed)
+    def _run_stage(self, k: int, pool: dict) -> np.ndarray:
+        """Runs stage k on the tensors of ``pool`` it reads; adds what it returns, drops what no later
+        stage reads, and returns its exit's logits."""
+        out = self.runners[k](**{name: pool[name] for name in self.stage_inputs[k]})
+        logits = out.pop("logits")
+        pool.update(out)
+        for name in self._dead_after[k]:
+            pool.pop(name, None)
+        return logits
+
+    def run_stages(self, x: np.ndarray) -> list[np.ndarray]:
+        """Logits of every exit for normalised images ``x``, running every stage."""
+        pool = {"image": x}
+        return [self._run_stage(k, pool) for k in range(len(self.runners))]
 
     # -- inference --------------------------------------------------------------
 
@@ -283,13 +310,7 @@ class CascadeRunner:
         x = self.preprocess(images)
         per_batch = []
         for start in range(0, len(x), batch_size):
-            feed = {"image": x[start:start + batch_size]}
-            logits = []
-            for k in range(self.num_exits):
-                out = self._run_stage(k, feed)
-                logits.append(out.pop("logits"))
-                feed = out
-            per_batch.append(np.stack(logits))
+            per_batch.append(np.stack(self.run_stages(x[start:start + batch_size])))
         return np.concatenate(per_batch, axis=1)
 
     def classify(self, images: np.ndarray, deadline_ms: float | None = None) -> list[dict]:
@@ -307,10 +328,9 @@ class CascadeRunner:
         result = [None] * n
         start = time.perf_counter()
         active = np.arange(n)
-        feed = {"image": x}
+        pool = {"image": x}
         for k in range(self.num_exits):
-            out = self._run_stage(k, feed)
-            probs = softmax(out.pop("logits"))
+            probs = softmax(self._run_stage(k, pool))
             confidence = probs.max(axis=1)
             done = confidence >= self.thresholds[k]
             elapsed = (time.perf_counter() - start) * 1e3
@@ -322,74 +342,92 @@ class CascadeRunner:
             if done.any():  # only the images still undecided go on, with their feature maps
                 keep = ~done
                 active = active[keep]
-                out = {name: value[keep] for name, value in out.items()}
-            feed = out
+                pool = {name: value[keep] for name, value in pool.items()}
         return result
 
     def _classify_one(self, x: np.ndarray, deadline_ms: float) -> dict:
+        """One image under a deadline: a stage starts only if this device's measured cost of it
+        (95th percentile, runner included) still fits; otherwise the last exit reached answers."""
+        costs = self.cascade_timings()["stage_cost_ms"]
         start = time.perf_counter()
-        feed = {"image": x}
+        pool = {"image": x}
         for k in range(self.num_exits):
-            out = self._run_stage(k, feed)
-            probs = softmax(out.pop("logits"))[0]
+            probs = softmax(self._run_stage(k, pool))[0]
             elapsed = (time.perf_counter() - start) * 1e3
             last = k == self.num_exits - 1
-            if probs.max() >= self.thresholds[k] or last or elapsed >= deadline_ms:
+            confident = probs.max() >= self.thresholds[k]
+            out_of_time = not last and elapsed + costs[k + 1] > deadline_ms
+            if confident or last or out_of_time:
                 return {"class": int(probs.argmax()), "confidence": float(probs.max()), "exit": k + 1,
-                        "macs": self.exit_macs[k], "ms": elapsed,
-                        "deadline_hit": bool(elapsed >= deadline_ms and not last and probs.max() < self.thresholds[k])}
-            feed = out
+                        "macs": self.exit_macs[k], "ms": elapsed, "deadline_hit": bool(out_of_time and not confident)}
         raise AssertionError("unreachable")
 
     # -- latency budgets --------------------------------------------------------
 
-    def stage_latency_ms(self, repeats: int = 20, cache: str | None = None) -> list[float]:
-        """Median latency (batch 1) of every stage on this device, measured once and cached."""
-        key = f"{self.precision}:{self.manifest['sha256'][self.manifest['precisions'][self.precision]['stages'][0]]}"
+    def cascade_timings(self, images: int = 30, cache: str | None = None) -> dict:
+        """What answering at each exit costs on this device, measured once and cached.
+
+        For every exit k, ``images`` single-image calls of :meth:`classify` with thresholds that
+        make exit k answer (after 3 untimed ones), timed as :meth:`classify` times its answers:
+        the stages, the softmax and the runner's own work, as a user's call pays them.
+        ``exit_ms[k]``: their mean; ``stage_cost_ms[k]``: the 95th percentile of the calls answered
+        at exit k less the median of those answered at exit k-1, what starting stage k may cost.
+        """
+        if getattr(self, "_timings", None) is not None:
+            return self._timings
+        cache = cache or getattr(self, "timing_cache", None)
+        key = (f"{self.precision}:{self.threads}:"
+               f"{self.manifest['sha256'][self.manifest['precisions'][self.precision]['stages'][0]]}")
         if cache and os.path.isfile(cache):
             try:
                 with open(cache) as f:
                     stored = json.load(f)
-                if stored.get("key") == key and len(stored["stage_ms"]) == self.num_exits:
-                    return [float(v) for v in stored["stage_ms"]]
+                if stored.get("key") == key and len(stored["exit_ms"]) == self.num_exits:
+                    self._timings = {"exit_ms": [float(v) for v in stored["exit_ms"]],
+                                     "stage_cost_ms": [float(v) for v in stored["stage_cost_ms"]]}
+                    return self._timings
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 pass  # unreadable or foreign: measured again and rewritten below
-        feed = {"image": np.zeros((1,) + self.input_shape, np.float32)}
-        latencies = []
-        for k in range(self.num_exits):
-            times = []
-            for _ in range(repeats + 2):
-                t0 = time.perf_counter()
-                out = self._run_stage(k, feed)
-                times.append((time.perf_counter() - t0) * 1e3)
-            latencies.append(float(np.median(times[2:])))
-            out.pop("logits")
-            feed = out
+        image = np.zeros((1,) + self.input_shape, np.uint8)
+        saved = self.thresholds
+        samples = []
+        try:
+            for k in range(self.num_exits):
+                self.thresholds = [float("inf")] * k + [float("-inf")] * (self.num_exits - k)
+                for _ in range(3):
+                    self.classify(image)
+                samples.append([self.classify(image)[0]["ms"] for _ in range(images)])
+        finally:
+            self.thresholds = saved
+        exit_ms = [float(np.mean(s)) for s in samples]
+        costs = [float(np.percentile(samples[0], 95))] + [
+            max(0.0, float(np.percentile(samples[k], 95) - np.median(samples[k - 1]))) for k in range(1, self.num_exits)]
+        self._timings = {"exit_ms": exit_ms, "stage_cost_ms": costs}
         if cache:
             tmp = f"{cache}.tmp{os.getpid()}"
             try:
                 with open(tmp, "w") as f:
-                    json.dump({"key": key, "stage_ms": latencies}, f)
+                    json.dump({"key": key, **self._timings}, f)
                 os.replace(tmp, cache)
             except OSError:
                 pass  # a read-only bundle still runs; it measures again next time
-        return latencies
+        return self._timings
 
     def use_latency_budget(self, budget_ms: float, cache: str | None = None) -> dict:
-        """Picks the manifest's thresholds whose expected latency (validation exit shares
-        times this device's cumulative stage latency) is the largest within ``budget_ms``."""
-        cumulative = np.cumsum(self.stage_latency_ms(cache=cache))
+        """Picks the manifest's thresholds whose expected latency (validation exit shares times this
+        device's measured cost of answering at each exit) is the largest within ``budget_ms``."""
+        exit_ms = np.asarray(self.cascade_timings(cache=cache)["exit_ms"])
         best = None
         for entry in self.manifest["thresholds"]:
-            expected = float(np.dot(entry["val_exit_shares"], cumulative))
+            expected = float(np.dot(entry["val_exit_shares"], exit_ms))
             if expected <= budget_ms and (best is None or expected > best[0]):
                 best = (expected, entry)
         if best is None:
             raise BundleError(f"--latency_budget_ms {budget_ms} is below what this device needs "
-                              f"for the cheapest entry (stage 1 alone takes {cumulative[0]:.2f} ms)")
+                              f"for the cheapest entry (exit 1 alone takes {exit_ms[0]:.2f} ms)")
         self.thresholds = decode_thresholds(best[1]["thresholds"])
         self.thresholds[-1] = float("-inf")
-        return {"expected_ms": best[0], "budget_macs": best[1]["budget_macs"], "stage_ms": cumulative.tolist()}
+        return {"expected_ms": best[0], "budget_macs": best[1]["budget_macs"], "exit_ms": exit_ms.tolist()}
 
 
 def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
@@ -544,9 +582,9 @@ def main(argv=None) -> int:
             except ValueError:
                 raise BundleError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
         runner = CascadeRunner(args.bundle, args.precision, args.threads, args.budget, thresholds)
+        runner.timing_cache = os.path.join(args.bundle, f"latency_{args.precision}_{args.threads}t.json")
         if args.latency_budget_ms is not None:
-            chosen = runner.use_latency_budget(args.latency_budget_ms,
-                                               cache=os.path.join(args.bundle, f"latency_{args.precision}_{args.threads}t.json"))
+            chosen = runner.use_latency_budget(args.latency_budget_ms)
             if not args.json:
                 print(f"latency budget {args.latency_budget_ms} ms: expected {chosen['expected_ms']:.2f} ms "
                       f"(thresholds of the {chosen['budget_macs'] / 1e6:.1f}M-MAC entry)")

@@ -1,9 +1,10 @@
 """Cutting a multi-exit model into stages and converting them to TFLite.
 
-Stage 1 takes the normalised image; stage k > 1 takes the multi-scale feature
-maps after block k-1. Stage k returns its exit's logits (``logits``) and, for
-k < K, the feature maps after block k (``state_0`` finest .. ``state_S``),
-which are exactly the next stage's inputs, under the same names.
+The cut is :func:`tf_fusionnet.models.stage_cut.cut_stages`: stage 1 takes the normalised image
+(``image``); every stage returns its exit's logits (``logits``) and the tensors that later stages
+read (``state_i``, named once for the whole model). A stage reads its inputs by name from what the
+earlier stages returned, not only from the stage just before it (RANet's flows read maps from
+several stages back).
 """
 
 from __future__ import annotations
@@ -15,27 +16,19 @@ import keras
 import numpy as np
 
 from tf_fusionnet.export.destination import PRECISIONS  # noqa: E402  (one list for checks and conversion)
+from tf_fusionnet.models.stage_cut import StageCut, cut_stages
 
 
 def stage_io_names(model: keras.Model, k: int) -> tuple[list[str], list[str]]:
     """Input and output names of stage ``k`` (0-based)."""
-    num_exits = len(model.outputs)
-    inputs = ["image"] if k == 0 else [f"state_{i}" for i in range(len(model.block_state_tensors(k - 1)))]
-    outputs = ["logits"]
-    if k < num_exits - 1:
-        outputs += [f"state_{i}" for i in range(len(model.block_state_tensors(k)))]
-    return inputs, outputs
+    cut = cut_stages(model)
+    return cut.input_names[k], cut.output_names[k]
 
 
-def stage_models(model: keras.Model) -> list[keras.Model]:
+def stage_models(model: keras.Model, cut: StageCut | None = None) -> list[keras.Model]:
     """One Keras model per exit, sharing the model's layers (and weights)."""
-    stages = []
-    num_exits = len(model.outputs)
-    for k in range(num_exits):
-        inputs = [model.inputs[0]] if k == 0 else model.block_state_tensors(k - 1)
-        outputs = [model.outputs[k]] + (model.block_state_tensors(k) if k < num_exits - 1 else [])
-        stages.append(keras.Model(inputs, outputs, name=f"stage_{k + 1}"))
-    return stages
+    cut = cut or cut_stages(model)
+    return [keras.Model(ins, outs, name=f"stage_{k + 1}") for k, (ins, outs) in enumerate(zip(cut.inputs, cut.outputs))]
 
 
 def exit_models(model: keras.Model) -> list[keras.Model]:
@@ -43,17 +36,36 @@ def exit_models(model: keras.Model) -> list[keras.Model]:
     return [keras.Model(model.inputs, [output], name=f"exit_{k + 1}") for k, output in enumerate(model.outputs)]
 
 
-def run_keras_stages(stages: Sequence[keras.Model], images: np.ndarray, batch_size: int = 256) -> list[list[np.ndarray]]:
-    """Inputs of every stage for ``images`` (normalised float32): ``result[k]`` feeds stage k."""
-    feeds = [[images]]
-    for stage in stages[:-1]:
+def last_readers(input_names: Sequence[Sequence[str]]) -> dict[str, int]:
+    """For every named tensor, the last stage that reads it (after which it can be dropped)."""
+    last: dict[str, int] = {}
+    for k, names in enumerate(input_names):
+        for name in names:
+            last[name] = k
+    return last
+
+
+def run_keras_stages(stages: Sequence[keras.Model], images: np.ndarray, cut: StageCut,
+                     batch_size: int = 256) -> list[list[np.ndarray]]:
+    """Inputs of every stage for ``images`` (normalised float32): ``result[k]`` feeds stage k,
+    in the order of ``cut.input_names[k]``."""
+    last = last_readers(cut.input_names)
+    pool = {"image": images}
+    feeds = []
+    for k, stage in enumerate(stages):
+        feeds.append([pool[name] for name in cut.input_names[k]])
+        if k == len(stages) - 1:
+            break
         outs = [[] for _ in stage.outputs]
         for start in range(0, len(images), batch_size):
             batch = [x[start:start + batch_size] for x in feeds[-1]]
             result = stage(batch, training=False)
+            result = result if isinstance(result, (list, tuple)) else [result]
             for i, r in enumerate(result):
                 outs[i].append(np.asarray(r))
-        feeds.append([np.concatenate(o) for o in outs[1:]])
+        for name, parts in zip(cut.output_names[k][1:], outs[1:]):
+            pool[name] = np.concatenate(parts)
+        pool = {name: value for name, value in pool.items() if last.get(name, -1) > k}
     return feeds
 
 

@@ -75,3 +75,38 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 __all__ = ["BatchNormalization"]
+
+
+@keras.saving.register_keras_serializable(package="tf_fusionnet")
+class AlignedBilinearResize(keras.layers.Layer):
+    """Bilinear resize to a fixed size with corner pixels aligned (PyTorch's ``align_corners=True``).
+
+    RANet resamples feature maps with ``F.interpolate(..., mode="bilinear", align_corners=True)``.
+    Keras's ``Resizing`` and ``keras.ops.image.resize`` only sample at half-pixel centres, which
+    shifts every output pixel off the official grid, so this layer calls TensorFlow's
+    ``ResizeBilinear`` with ``align_corners=True`` directly; TFLite has the same op
+    (``RESIZE_BILINEAR`` with ``align_corners``) in float and int8. The output keeps the
+    input's dtype (the op itself always returns float32).
+
+    Args:
+        height, width: output size.
+    """
+
+    def __init__(self, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.height = int(height)
+        self.width = int(width)
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        resized = tf.raw_ops.ResizeBilinear(
+            images=inputs, size=[self.height, self.width], align_corners=True, half_pixel_centers=False
+        )
+        return tf.cast(resized, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}

@@ -80,6 +80,16 @@ class _MultiExitNetwork(keras.Model):
         """Symbolic feature maps after ``block`` (0-based), finest scale first."""
         return [self.get_layer(name).output for name in self._block_state_names[block]]
 
+    def stage_targets(self, exit_index: int) -> list:
+        """Tensors stage ``exit_index`` (0-based) computes besides its exit: the whole block state.
+
+        As in the official counter, block k is computed at every scale before exit k answers,
+        including finer scales only later blocks read.
+        """
+        if exit_index >= len(self.outputs) - 1:
+            return []
+        return self.block_state_tensors(exit_index)
+
     @property
     def num_exits(self) -> int:
         return len(self.outputs)

@@ -55,6 +55,8 @@ class TrainConfig:
     output: str = _f("", "Run directory (default: runs/<preset>).")
     strategy: str = _f("default", "default | mirrored | multiworker (TF_CONFIG).")
     num_cpu_devices: int = _f(0, "Split the CPU into this many logical devices (to try 'mirrored' without GPUs).")
+    checkpoint_steps: int = _f(0, "With --strategy multiworker: also checkpoint every N steps (0: every epoch "
+                               "only), so a lost worker costs at most N steps.")
     precision: str = _f("auto", "auto | float32 | mixed_bfloat16 | mixed_float16. auto: mixed_float16 on a GPU, "
                         "mixed_bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32 (a resumed run keeps "
                         "its own); float32 turns it off.")
@@ -92,6 +94,7 @@ class TrainConfig:
             ("jit_compile", self.jit_compile in JIT_SETTINGS, "one of " + ", ".join(JIT_SETTINGS)),
             ("strategy", self.strategy in ("default", "mirrored", "multiworker"), "default, mirrored or multiworker"),
             ("num_cpu_devices", self.num_cpu_devices >= 0, "an integer >= 0"),
+            ("checkpoint_steps", self.checkpoint_steps >= 0, "an integer >= 0"),
             ("inter_op_threads", self.inter_op_threads >= -1, "an integer >= 0 (or -1 for auto)"),
             ("intra_op_threads", self.intra_op_threads >= -1, "an integer >= 0 (or -1 for auto)"),
             ("verbose", self.verbose in (-1, 0, 1, 2, 3), "-1, 0, 1, 2 or 3"),

@@ -32,7 +32,7 @@ _LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias"
 # Settings that may change between a run and its resumption without changing the run.
 # Precision and XLA are among them: weights and optimizer state are float32 whatever the compute.
 _RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads",
-                   "precision", "jit_compile"}
+                   "precision", "jit_compile", "checkpoint_steps"}
 
 
 def setup_strategy(config: TrainConfig):
@@ -69,7 +69,12 @@ def setup_strategy(config: TrainConfig):
         return tf.distribute.MirroredStrategy(devices=cpus)
     if config.strategy == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable")
+            raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable (or start the "
+                             "workers with python -m tf_fusionnet.launch)")
+        if config.verbose != 3:  # tf.distribute logs every collective it builds at INFO
+            import absl.logging
+
+            absl.logging.set_verbosity(absl.logging.WARNING)
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"--strategy must be default, mirrored or multiworker, got {config.strategy!r}")
 
@@ -233,14 +238,17 @@ def _check_same_architecture(run_dir: str, model) -> None:
         )
 
 
-def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reuses the run's split.json if present (resume), else draws and writes one."""
+def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int,
+                  write: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Reuses the run's split.json if present (resume), else draws one (a function of the seed)
+    and, with ``write``, saves it."""
     path = os.path.join(run_dir, SPLIT_FILE)
     if os.path.exists(path):
         return load_split(path, data)
     size = default_val_size(data) if val_size < 0 else val_size
     train_idx, val_idx = make_split(len(data.train_labels), size, seed)
-    save_split(path, data, val_idx, seed)
+    if write:
+        save_split(path, data, val_idx, seed)
     return train_idx, val_idx
 
 
@@ -379,14 +387,17 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
                         channels=config.channels)
     for note in data.notes:
         print(note, flush=True)
-    train_idx, val_idx = prepare_split(data, run_dir, config.val_size, config.seed)
+    is_chief, _ = _is_chief(strategy)
+    # Every worker trains on the chief's split; only the chief writes the run's files.
+    train_idx, val_idx = prepare_split(data, config.run_dir(), config.val_size, config.seed, write=is_chief)
     if len(train_idx) < config.batch_size:
         raise ValueError(f"--batch_size {config.batch_size} is larger than the {len(train_idx)} training images "
                          "(after the validation split); pass a smaller --batch_size")
     x_train, y_train = data.train_images[train_idx], data.train_labels[train_idx]
     x_val, y_val = data.train_images[val_idx], data.train_labels[val_idx]
     mean, std = normalization_stats(x_train)
-    atomic_write_json(
+    write_json = atomic_write_json if is_chief else (lambda path, value: None)
+    write_json(
         os.path.join(run_dir, "preprocessing.json"),
         {
             "image_shape": list(data.image_shape),
@@ -405,7 +416,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
     _check_same_architecture(run_dir, model)
     record_owner(lock)  # the run goes ahead: from here on its files change
     macs = exit_macs(model)
-    atomic_write_json(
+    write_json(
         os.path.join(run_dir, "config.json"),
         {
             "train": config.to_dict(),
@@ -432,10 +443,10 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
         random_crop=config.random_crop, pad=config.pad, flip=config.flip, mix_prob=config.mix_prob,
         cutmix_share=config.cutmix_share, mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
     )
-    train_ds = make_train_dataset(
-        x_train, y_train, num_classes=data.num_classes, num_exits=num_exits,
-        batch_size=config.batch_size, mean=mean, std=std, augment=augment, seed=config.seed,
-    )
+    def train_dataset(images, labels, batch_size, seed):
+        return make_train_dataset(images, labels, num_classes=data.num_classes, num_exits=num_exits,
+                                  batch_size=batch_size, mean=mean, std=std, augment=augment, seed=seed)
+
     val_ds = None
     if len(val_idx):
         val_ds = make_eval_dataset(
@@ -444,6 +455,22 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
         )
 
     last_val_key = exit_accuracy_keys(num_exits, True)[-1]
+    if config.strategy == "multiworker":
+        from tf_fusionnet.training.distributed import LoopData, fit_multiworker
+
+        logs = fit_multiworker(
+            model, strategy, config, LoopData(x_train, y_train, train_dataset, val_ds), run_dir=run_dir,
+            is_chief=is_chief, checkpoint_steps=config.checkpoint_steps,
+            callbacks=[
+                EpochCSVLog(os.path.join(run_dir, "log.csv"), config.batch_size),
+                AtomicModelCheckpoint(os.path.join(run_dir, "model.keras"),
+                                      os.path.join(run_dir, "best.keras") if val_ds is not None else None,
+                                      monitor=last_val_key),
+            ])
+        if not logs:
+            logs = _last_logged_epoch(os.path.join(config.run_dir(), "log.csv"))
+        return {"run_dir": config.run_dir(), "logs": logs, "exit_macs": macs, "num_exits": num_exits}
+    train_ds = train_dataset(x_train, y_train, config.batch_size, config.seed)
     callbacks = [
         # Order matters: the log and the models of an epoch are on disk before the
         # backup marks the epoch as done.
@@ -456,21 +483,11 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
         AtomicBackupAndRestore(os.path.join(run_dir, "backup")),
     ]
-    try:
-        history = model.fit(
-            train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
-            verbose=config.keras_verbose(sys.stdout.isatty()),
-            shuffle=False,  # make_train_dataset shuffles; Keras would only warn that it ignores this
-        )
-    except ValueError as error:
-        if config.strategy == "multiworker" and "PerReplica" in str(error):
-            # Seen with Keras 3.15 / TF 2.21 and two workers on localhost.
-            raise ValueError(
-                "Keras 3's model.fit cannot consume MultiWorkerMirroredStrategy input "
-                "(PerReplica values; upstream keras-team/keras#20585); use --strategy mirrored "
-                "on one machine"
-            ) from None
-        raise
+    history = model.fit(
+        train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
+        verbose=config.keras_verbose(sys.stdout.isatty()),
+        shuffle=False,  # make_train_dataset shuffles; Keras would only warn that it ignores this
+    )
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     if not logs:  # resumed a finished run: report its last logged epoch
         logs = _last_logged_epoch(os.path.join(run_dir, "log.csv"))
