@@ -10,7 +10,9 @@ For every bundle, precision and thread count (batch 1, LiteRT's CPU kernels):
    early-exit cascade (CascadeRunner.classify, one image at a time), beside the latency its
    average MACs predict (the same runner with early exit off, times the MAC share), and the
    share of the MAC saving that shows up as time saved;
-3. int8 against float32: speed-up and per-exit top-1 (from the bundle's report.json).
+3. int8 against float32: speed-up and per-exit top-1 (from the bundle's report.json);
+4. ``--latency_budget_ms`` and ``--deadline_ms`` at 40%, 60% and 80% of the runner's measured time
+   to the last exit: measured mean against the budget, 99th percentile against the deadline.
 Writes benchmarks/results/cascade_latency.json.
 """
 
@@ -36,6 +38,8 @@ flags.DEFINE_integer("repeats", 50, "Timed runs per stage (median reported).")
 flags.DEFINE_integer("images", 300, "Test images for the budget sweep.")
 flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file.")
 FLAGS = flags.FLAGS
+
+LATENCY_SHARES = (0.4, 0.6, 0.8)  # --latency_budget_ms and --deadline_ms, as shares of the time to the last exit
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -123,11 +127,32 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
             "share_of_mac_saving_realised_vs_bare_chain": share(chained_ms),
             "exit_counts": [sum(r["exit"] == k + 1 for r in results) for k in range(runner.num_exits)],
         })
+    # --latency_budget_ms and --deadline_ms, as the CLI runs them (one image per call), at shares
+    # of the runner's own time to the last exit on this device.
+    timings = runner.cascade_timings()
+    latency_budgets, deadlines = [], []
+    for share in LATENCY_SHARES:
+        target = share * timings["exit_ms"][-1]
+        try:
+            chosen = runner.use_latency_budget(target)
+        except Exception:  # below exit 1's cost on this device
+            continue
+        mean_ms, _ = sweep(runner.thresholds)
+        latency_budgets.append({"budget_ms": target, "expected_ms": chosen["expected_ms"], "measured_mean_ms": mean_ms,
+                                "measured_over_budget": mean_ms / target})
+    runner.thresholds = [float("inf")] * (runner.num_exits - 1) + [float("-inf")]  # only time stops it
+    for share in LATENCY_SHARES:
+        deadline = share * timings["exit_ms"][-1]
+        times = [runner.classify(img, deadline_ms=deadline)[0]["ms"] for img in test_images]
+        deadlines.append({"deadline_ms": deadline, "p99_ms": float(np.percentile(times, 99)),
+                          "p99_over_deadline": float(np.percentile(times, 99)) / deadline,
+                          "mean_ms": float(np.mean(times))})
     return {"bundle": bundle, "preset": manifest["preset"], "precision": precision, "threads": threads,
             "stage_ms": stage_ms, "chained_ms": chained_ms, "cascade_no_exit_ms": no_exit_ms,
             "runner_no_exit_over_whole": no_exit_ms / whole_ms,
             "whole_model_ms": whole_ms,
-            "chained_over_whole": chained_ms / whole_ms, "budgets": budgets}
+            "chained_over_whole": chained_ms / whole_ms, "budgets": budgets,
+            "cascade_timings": timings, "latency_budgets": latency_budgets, "deadlines": deadlines}
 
 
 def main(argv):
@@ -157,6 +182,12 @@ def main(argv):
                       + f" ms | chained {r['chained_ms']:.2f} ms, whole {r['whole_model_ms']:.2f} ms "
                       f"({r['chained_over_whole']:.2f}x); runner without early exit {r['cascade_no_exit_ms']:.2f} ms "
                       f"({r['runner_no_exit_over_whole']:.2f}x)", flush=True)
+                for lb in r["latency_budgets"]:
+                    print(f"    --latency_budget_ms {lb['budget_ms']:.2f}: measured mean {lb['measured_mean_ms']:.2f} ms "
+                          f"({lb['measured_over_budget']:.2f}x)", flush=True)
+                for d in r["deadlines"]:
+                    print(f"    --deadline_ms {d['deadline_ms']:.2f}: p99 {d['p99_ms']:.2f} ms "
+                          f"({d['p99_over_deadline']:.2f}x)", flush=True)
                 for b in r["budgets"]:
                     share = b["share_of_mac_saving_realised"]
                     print(f"    budget {b['budget_macs'] / 1e6:6.2f}M: {b['mean_macs'] / 1e6:6.2f}M MACs, "
