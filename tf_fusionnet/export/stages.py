@@ -19,12 +19,6 @@ from tf_fusionnet.export.destination import PRECISIONS  # noqa: E402  (one list 
 from tf_fusionnet.models.stage_cut import StageCut, cut_stages
 
 
-def stage_io_names(model: keras.Model, k: int) -> tuple[list[str], list[str]]:
-    """Input and output names of stage ``k`` (0-based)."""
-    cut = cut_stages(model)
-    return cut.input_names[k], cut.output_names[k]
-
-
 def stage_models(model: keras.Model, cut: StageCut | None = None) -> list[keras.Model]:
     """One Keras model per exit, sharing the model's layers (and weights)."""
     cut = cut or cut_stages(model)
