@@ -12,7 +12,12 @@ For every bundle, precision and thread count (batch 1, LiteRT's CPU kernels):
    share of the MAC saving that shows up as time saved;
 3. int8 against float32: speed-up and per-exit top-1 (from the bundle's report.json);
 4. ``--latency_budget_ms`` and ``--deadline_ms`` at 40%, 60% and 80% of the runner's measured time
-   to the last exit: measured mean against the budget, 99th percentile against the deadline.
+   to the last exit: measured mean against the budget, 99th percentile against the deadline;
+5. server mode (``CascadeRunner.classify_stream``, every stage call at ``--server_batch``):
+   images/s over the test images against the whole model at the same batch, with early exit off
+   and at every few budgets of the manifest. This machine's speed drifts by tens of percent
+   within minutes, so the whole model and each runner setting alternate, ``--server_rounds``
+   times, and every ratio is taken within one round.
 Writes benchmarks/results/cascade_latency.json.
 """
 
@@ -36,6 +41,8 @@ flags.DEFINE_list("threads", ["1", "2"], "LiteRT thread counts.")
 flags.DEFINE_list("precision", ["float32", "int8"], "Precisions to measure (must be in the bundles).")
 flags.DEFINE_integer("repeats", 50, "Timed runs per stage (median reported).")
 flags.DEFINE_integer("images", 300, "Test images for the budget sweep.")
+flags.DEFINE_integer("server_batch", 32, "Batch of the server-mode comparison (0: skip it).")
+flags.DEFINE_integer("server_rounds", 5, "Alternating rounds of whole model and server-mode runner.")
 flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file.")
 FLAGS = flags.FLAGS
 
@@ -147,12 +154,66 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
         deadlines.append({"deadline_ms": deadline, "p99_ms": float(np.percentile(times, 99)),
                           "p99_over_deadline": float(np.percentile(times, 99)) / deadline,
                           "mean_ms": float(np.mean(times))})
+    server = server_mode(runner, manifest, precision, threads, test_images) if FLAGS.server_batch else None
     return {"bundle": bundle, "preset": manifest["preset"], "precision": precision, "threads": threads,
             "stage_ms": stage_ms, "chained_ms": chained_ms, "cascade_no_exit_ms": no_exit_ms,
             "runner_no_exit_over_whole": no_exit_ms / whole_ms,
             "whole_model_ms": whole_ms,
             "chained_over_whole": chained_ms / whole_ms, "budgets": budgets,
-            "cascade_timings": timings, "latency_budgets": latency_budgets, "deadlines": deadlines}
+            "cascade_timings": timings, "latency_budgets": latency_budgets, "deadlines": deadlines,
+            "server_mode": server}
+
+
+def server_mode(runner, manifest: dict, precision: str, threads: int, test_images: np.ndarray) -> dict:
+    """Images/s of the server-mode cascade against the whole model, both at one batch size,
+    alternated within each round (early exit off, then every third budget of the manifest)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tf_fusionnet.export.cascade_runner import decode_thresholds
+
+    batch = FLAGS.server_batch
+    images = test_images[:len(test_images) // batch * batch]
+    x = runner.preprocess(images)
+    whole = Interpreter(model_content=whole_model_tflite(manifest, precision), num_threads=threads)
+    whole_runner = whole.get_signature_runner("serve")
+    whole_runner(image=x[:batch])  # plans the graph at this batch once, outside the timing
+    settings = [("no early exit", [float("inf")] * runner.num_exits, None)] + [
+        (f"budget {e['budget_macs'] / 1e6:.1f}M", e["thresholds"], e["budget_macs"]) for e in manifest["thresholds"][::3]]
+
+    def whole_pass() -> float:
+        t0 = time.perf_counter()
+        for s in range(0, len(x), batch):
+            whole_runner(image=x[s:s + batch])
+        return len(x) / (time.perf_counter() - t0)
+
+    def runner_pass(thresholds) -> tuple[float, float]:
+        runner.thresholds = decode_thresholds(thresholds)
+        runner.thresholds[-1] = float("-inf")
+        macs = 0.0
+        t0 = time.perf_counter()
+        for _, r in runner.classify_stream((images[s:s + batch] for s in range(0, len(images), batch)), batch):
+            macs += r["macs"]
+        return len(images) / (time.perf_counter() - t0), macs / len(images)
+
+    runner_pass(settings[0][1])  # the stages' first calls at this batch
+    rounds = []
+    for _ in range(FLAGS.server_rounds):
+        row = {"whole_images_per_s": whole_pass(), "settings": []}
+        for name, thresholds, budget in settings:
+            rate, mean_macs = runner_pass(thresholds)
+            row["settings"].append({"setting": name, "budget_macs": budget, "mean_macs": mean_macs,
+                                    "images_per_s": rate, "over_whole": rate / row["whole_images_per_s"]})
+        rounds.append(row)
+    full_macs = manifest["exit_macs"][-1]
+    summary = []
+    for i, (name, _, budget) in enumerate(settings):
+        ratios = [r["settings"][i]["over_whole"] for r in rounds]
+        mean_macs = rounds[-1]["settings"][i]["mean_macs"]
+        summary.append({"setting": name, "budget_macs": budget, "mean_macs": mean_macs,
+                        "median_over_whole": float(np.median(ratios)),
+                        "macs_predict_over_whole": full_macs / mean_macs,
+                        "share_of_mac_prediction": float(np.median(ratios)) / (full_macs / mean_macs)})
+    return {"batch": batch, "images": len(images), "rounds": rounds, "summary": summary}
 
 
 def main(argv):
@@ -188,6 +249,10 @@ def main(argv):
                 for d in r["deadlines"]:
                     print(f"    --deadline_ms {d['deadline_ms']:.2f}: p99 {d['p99_ms']:.2f} ms "
                           f"({d['p99_over_deadline']:.2f}x)", flush=True)
+                for m in (r["server_mode"] or {}).get("summary", []):
+                    print(f"    server mode, batch {FLAGS.server_batch}, {m['setting']}: "
+                          f"{m['mean_macs'] / 1e6:.2f}M MACs, {m['median_over_whole']:.2f}x the whole model's "
+                          f"images/s (MACs predict {m['macs_predict_over_whole']:.2f}x)", flush=True)
                 for b in r["budgets"]:
                     share = b["share_of_mac_saving_realised"]
                     print(f"    budget {b['budget_macs'] / 1e6:6.2f}M: {b['mean_macs'] / 1e6:6.2f}M MACs, "

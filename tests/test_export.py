@@ -97,6 +97,13 @@ def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
         assert [r["class"] for r, c in zip(results, clear) if c] == expected_class[clear].tolist()
         one_by_one = [runner.classify(img)[0] for img in test_images[:20]]
         assert [r["exit"] - 1 for r, c in zip(one_by_one, clear[:20]) if c] == expected_exit[:20][clear[:20]].tolist()
+        # Server mode: uneven input batches, stage calls of 8, answers out of order by index.
+        streamed = list(runner.classify_stream([test_images[:13], test_images[13:14], test_images[14:50]], 8))
+        assert sorted(i for i, _ in streamed) == list(range(50))
+        by_index = dict(streamed)
+        assert [(by_index[i]["exit"], by_index[i]["class"]) for i in range(50) if clear[i]] == [
+            (r["exit"], r["class"]) for r, c in zip(results[:50], clear[:50]) if c]
+        assert all(r["ms"] >= 0 for r in by_index.values())
 
 
 def _run_cli(bundle_dir, *args):
@@ -127,6 +134,11 @@ def test_runner_cli_needs_no_tensorflow(bundle, tmp_path):
                            timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "4 []"
+    served = _run_cli(bundle["bundle"], str(images), "--json", "--budget", "1e9", "--batch_size", "2")
+    assert served.returncode == 0, served.stderr
+    served_rows = sorted((json.loads(line) for line in served.stdout.splitlines()), key=lambda r: r["file"])
+    assert [(r["file"], r["exit"], r["class"]) for r in served_rows] == [
+        (r["file"], r["exit"], r["class"]) for r in sorted(rows, key=lambda r: r["file"])]
     human = _run_cli(bundle["bundle"], str(images), "--deadline_ms", "1000")
     assert human.returncode == 0 and "5 images" in human.stdout
 

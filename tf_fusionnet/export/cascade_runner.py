@@ -314,41 +314,97 @@ class CascadeRunner:
         return np.concatenate(per_batch, axis=1)
 
     def classify(self, images: np.ndarray, deadline_ms: float | None = None) -> list[dict]:
-        """Early-exit classification of a batch (or one image).
+        """Early-exit classification of a batch (or one image), results in input order.
 
         Every image goes through stage 1; only those not confident enough go
-        on, with their cached feature maps. With ``deadline_ms`` (one image at
-        a time), the cascade also stops when the time is up and returns the
-        answer of the last exit it reached.
+        on, with their cached feature maps. A batch runs as one
+        :meth:`classify_stream` call with the batch's size. With ``deadline_ms``
+        (one image at a time), the cascade also stops when the time is up and
+        returns the answer of the last exit it reached.
         """
         x = self.preprocess(images)
-        if deadline_ms is not None:
+        if deadline_ms is not None or len(x) == 1:
             return [self._classify_one(x[i:i + 1], deadline_ms) for i in range(len(x))]
-        n = len(x)
-        result = [None] * n
-        start = time.perf_counter()
-        active = np.arange(n)
-        pool = {"image": x}
-        for k in range(self.num_exits):
-            probs = softmax(self._run_stage(k, pool))
-            confidence = probs.max(axis=1)
-            done = confidence >= self.thresholds[k]
-            elapsed = (time.perf_counter() - start) * 1e3
-            for j in np.flatnonzero(done):
-                result[active[j]] = {"class": int(probs[j].argmax()), "confidence": float(confidence[j]),
-                                     "exit": k + 1, "macs": self.exit_macs[k], "ms": elapsed / n}
-            if done.all():
-                break
-            if done.any():  # only the images still undecided go on, with their feature maps
-                keep = ~done
-                active = active[keep]
-                pool = {name: value[keep] for name, value in pool.items()}
+        result = [None] * len(x)
+        for i, r in self._stream([x], len(x)):
+            result[i] = r
         return result
 
-    def _classify_one(self, x: np.ndarray, deadline_ms: float) -> dict:
-        """One image under a deadline: a stage starts only if this device's measured cost of it
-        (95th percentile, runner included) still fits; otherwise the last exit reached answers."""
-        costs = self.cascade_timings()["stage_cost_ms"]
+    def classify_stream(self, batches: Iterable[np.ndarray], batch_size: int = 32) -> Iterator[tuple[int, dict]]:
+        """Server mode: early exit over a stream of uint8 image batches, every stage call at one size.
+
+        An image that no exit has answered waits in its next stage's queue until ``batch_size``
+        images are there, so each stage always runs on a full batch of one shape. LiteRT plans a
+        graph again whenever an input's shape changes, and that cost 3-8 ms per stage call here
+        (batch 32, 2 threads), more than the stage itself; shrinking the batch after each exit,
+        as a one-call cascade would, spends more than the exits save. When the stream ends,
+        each queue is run once more, padded to ``batch_size``.
+
+        Yields ``(index, result)`` as images are answered, so not in input order; ``index``
+        counts images from 0 over the whole stream. A result's ``ms`` is its latency: from the
+        moment its batch arrived to its answer, time spent waiting in queues included.
+        """
+        if batch_size < 1:
+            raise BundleError(f"batch_size must be >= 1, got {batch_size}")
+        return self._stream((self.preprocess(b) for b in batches), batch_size)
+
+    def _stream(self, batches: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[int, dict]]:
+        queues: list[list[tuple[np.ndarray, np.ndarray, dict]]] = [[] for _ in range(self.num_exits)]
+        waiting = [0] * self.num_exits
+
+        def take(k: int) -> tuple[np.ndarray, np.ndarray, dict]:
+            """Up to batch_size images from the front of queue k, as one (index, start, pool)."""
+            parts, n = [], 0
+            while queues[k] and n < batch_size:
+                index, start, pool = queues[k].pop(0)
+                if n + len(index) > batch_size:
+                    cut = batch_size - n
+                    queues[k].insert(0, (index[cut:], start[cut:], {m: v[cut:] for m, v in pool.items()}))
+                    index, start, pool = index[:cut], start[:cut], {m: v[:cut] for m, v in pool.items()}
+                parts.append((index, start, pool))
+                n += len(index)
+            waiting[k] -= n
+            if len(parts) == 1:
+                return parts[0]
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    {m: np.concatenate([p[2][m] for p in parts]) for m in parts[0][2]})
+
+        def run(k: int) -> Iterator[tuple[int, dict]]:
+            index, start, pool = take(k)
+            n = len(index)
+            if n < batch_size:  # the end of the stream: pad, so the stage keeps its shape
+                pool = {m: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+                        for m, v in pool.items()}
+            probs = softmax(self._run_stage(k, pool)[:n])
+            confidence = probs.max(axis=1)
+            done = confidence >= self.thresholds[k]
+            now = time.perf_counter()
+            for j in np.flatnonzero(done):
+                yield int(index[j]), {"class": int(probs[j].argmax()), "confidence": float(confidence[j]),
+                                      "exit": k + 1, "macs": self.exit_macs[k], "ms": (now - start[j]) * 1e3}
+            keep = np.flatnonzero(~done)
+            if len(keep):
+                queues[k + 1].append((index[keep], start[keep], {m: v[keep] for m, v in pool.items()}))
+                waiting[k + 1] += len(keep)
+
+        def drain(final: bool) -> Iterator[tuple[int, dict]]:
+            for k in range(self.num_exits):
+                while waiting[k] >= batch_size or (final and waiting[k]):
+                    yield from run(k)
+
+        seen = 0
+        for x in batches:
+            now = time.perf_counter()
+            queues[0].append((np.arange(seen, seen + len(x)), np.full(len(x), now), {"image": x}))
+            waiting[0] += len(x)
+            seen += len(x)
+            yield from drain(final=False)
+        yield from drain(final=True)
+
+    def _classify_one(self, x: np.ndarray, deadline_ms: float | None) -> dict:
+        """One image; under a deadline, a stage starts only if this device's measured cost of it
+        (95th percentile, runner included) still fits, otherwise the last exit reached answers."""
+        costs = None if deadline_ms is None else self.cascade_timings()["stage_cost_ms"]
         start = time.perf_counter()
         pool = {"image": x}
         for k in range(self.num_exits):
@@ -356,10 +412,13 @@ class CascadeRunner:
             elapsed = (time.perf_counter() - start) * 1e3
             last = k == self.num_exits - 1
             confident = probs.max() >= self.thresholds[k]
-            out_of_time = not last and elapsed + costs[k + 1] > deadline_ms
+            out_of_time = costs is not None and not last and elapsed + costs[k + 1] > deadline_ms
             if confident or last or out_of_time:
-                return {"class": int(probs.argmax()), "confidence": float(probs.max()), "exit": k + 1,
-                        "macs": self.exit_macs[k], "ms": elapsed, "deadline_hit": bool(out_of_time and not confident)}
+                result = {"class": int(probs.argmax()), "confidence": float(probs.max()), "exit": k + 1,
+                          "macs": self.exit_macs[k], "ms": elapsed}
+                if costs is not None:
+                    result["deadline_hit"] = bool(out_of_time and not confident)
+                return result
         raise AssertionError("unreachable")
 
     # -- latency budgets --------------------------------------------------------
@@ -483,6 +542,7 @@ class RunningSummary:
         self.exit_counts = [0] * num_exits
         self.converted = 0
         self.deadline_hits = 0
+        self.started = time.perf_counter()
 
     def add(self, result: dict) -> None:
         self.count += 1
@@ -493,7 +553,9 @@ class RunningSummary:
 
     def line(self, channels: int) -> str:
         n = max(1, self.count)
-        text = (f"{self.count} images: mean {self.total_ms / n:.2f} ms, mean {self.total_macs / n / 1e6:.2f}M MACs; "
+        rate = self.count / max(1e-9, time.perf_counter() - self.started)
+        text = (f"{self.count} images: mean {self.total_ms / n:.2f} ms, mean {self.total_macs / n / 1e6:.2f}M MACs, "
+                f"{rate:.1f} images/s; "
                 "exits " + ", ".join(f"{k + 1}: {c}" for k, c in enumerate(self.exit_counts)))
         if self.deadline_hits:
             text += f"; {self.deadline_hits} answered at the deadline"
@@ -503,18 +565,42 @@ class RunningSummary:
 
 
 def classify_batches(runner: "CascadeRunner", batches: Iterable[tuple[list, np.ndarray]],
-                     deadline_ms: float | None = None, summary: RunningSummary | None = None) -> Iterator[dict]:
-    """Streams one result per image for ``(names, uint8 images)`` batches; keeps nothing behind."""
+                     deadline_ms: float | None = None, summary: RunningSummary | None = None,
+                     batch_size: int = 1) -> Iterator[dict]:
+    """Streams one result per image for ``(names, uint8 images)`` batches; keeps nothing behind.
+
+    With ``batch_size`` > 1 (and no deadline) the cascade runs in server mode
+    (:meth:`CascadeRunner.classify_stream`): results come as images are answered, not in input
+    order, and only the names of images still in the cascade are kept.
+    """
     class_names = runner.manifest.get("class_names") or []
+
+    def finish(name, r):
+        if name is not None:
+            r = {"file": name, **r}
+        if class_names and r["class"] < len(class_names):
+            r["label"] = class_names[r["class"]]
+        if summary is not None:
+            summary.add(r)
+        return r
+
+    if batch_size > 1 and deadline_ms is None:
+        pending: dict[int, object] = {}
+        seen = 0
+
+        def images():
+            nonlocal seen
+            for names, batch in batches:
+                pending.update(zip(range(seen, seen + len(names)), names))
+                seen += len(names)
+                yield batch
+
+        for i, r in runner.classify_stream(images(), batch_size):
+            yield finish(pending.pop(i), r)
+        return
     for names, images in batches:
         for name, r in zip(names, runner.classify(images, deadline_ms)):
-            if name is not None:
-                r = {"file": name, **r}
-            if class_names and r["class"] < len(class_names):
-                r["label"] = class_names[r["class"]]
-            if summary is not None:
-                summary.add(r)
-            yield r
+            yield finish(name, r)
 
 
 def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: int = 1,
@@ -540,7 +626,7 @@ def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: in
                 summary.converted += converted
         return np.stack(images)
 
-    return classify_batches(runner, batches(), deadline_ms, summary)
+    return classify_batches(runner, batches(), deadline_ms, summary, batch_size)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -566,7 +652,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency_budget_ms", type=float, help="average milliseconds per image on this device")
     parser.add_argument("--deadline_ms", type=float, help="answer with the best exit reached when time is up")
     parser.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
-    parser.add_argument("--batch_size", type=int, default=1, help="images per cascade call")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="images per stage call; > 1 is server mode: results in the order answered")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     try:
         args = parser.parse_args(argv)
