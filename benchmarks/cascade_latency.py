@@ -6,6 +6,8 @@
 For every bundle, precision and thread count (batch 1, LiteRT's CPU kernels):
 1. each stage's median latency, the chained stages to the last exit, and one whole-model
    TFLite (all exits in one graph, converted here from the bundle's source run) for comparison;
+   the runner with early exit off and the whole model (preprocessing included) take turns image
+   by image, and their means give ``runner_no_exit_over_whole``;
 2. at every budget of the manifest, the measured mean latency per test image of the
    early-exit cascade (CascadeRunner.classify, one image at a time), beside the latency its
    average MACs predict (the same runner with early exit off, times the MAC share), and the
@@ -42,6 +44,7 @@ flags.DEFINE_list("precision", ["float32", "int8"], "Precisions to measure (must
 flags.DEFINE_integer("repeats", 50, "Timed runs per stage (median reported).")
 flags.DEFINE_integer("images", 300, "Test images for the budget sweep.")
 flags.DEFINE_integer("server_batch", 32, "Batch of the server-mode comparison (0: skip it).")
+flags.DEFINE_integer("server_images", 960, "Test images per server-mode pass.")
 flags.DEFINE_integer("server_rounds", 5, "Alternating rounds of whole model and server-mode runner.")
 flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file.")
 FLAGS = flags.FLAGS
@@ -88,7 +91,8 @@ def _convert_whole_model(manifest: dict, precision: str) -> bytes:
     return convert_to_tflite(model, ["image"], names, precision, rep)
 
 
-def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndarray, repeats: int) -> dict:
+def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndarray, repeats: int,
+                 server_images: np.ndarray) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     from tf_fusionnet.export.cascade_runner import CascadeRunner, decode_thresholds
@@ -108,7 +112,7 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     chained_ms = median_ms(chained, repeats)
     whole = Interpreter(model_content=whole_model_tflite(manifest, precision), num_threads=threads)
     whole_runner = whole.get_signature_runner("serve")
-    whole_ms = median_ms(lambda: whole_runner(image=x), repeats)
+    whole_median_ms = median_ms(lambda: whole_runner(image=x), repeats)
 
     full_macs = manifest["exit_macs"][-1]
 
@@ -119,8 +123,19 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
         results = [runner.classify(img)[0] for img in test_images]
         return (time.perf_counter() - t0) * 1e3 / len(test_images), results
 
-    # The same runner with early exit off: every image through every stage, same Python path.
-    no_exit_ms, _ = sweep([float("inf")] * runner.num_exits)
+    # The same runner with early exit off (every image through every stage, same Python path)
+    # against the whole model, image by image in turn, so that drifts of this machine's speed hit
+    # both alike.
+    runner.thresholds = [float("inf")] * (runner.num_exits - 1) + [float("-inf")]
+    whole_times, no_exit_times = [], []
+    for img in test_images:
+        t0 = time.perf_counter()
+        whole_runner(image=runner.preprocess(img))
+        t1 = time.perf_counter()
+        runner.classify(img)
+        whole_times.append(t1 - t0)
+        no_exit_times.append(time.perf_counter() - t1)
+    whole_ms, no_exit_ms = 1e3 * float(np.mean(whole_times)), 1e3 * float(np.mean(no_exit_times))
     budgets = []
     for entry in manifest["thresholds"]:
         mean_ms, results = sweep(entry["thresholds"])
@@ -154,12 +169,12 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
         deadlines.append({"deadline_ms": deadline, "p99_ms": float(np.percentile(times, 99)),
                           "p99_over_deadline": float(np.percentile(times, 99)) / deadline,
                           "mean_ms": float(np.mean(times))})
-    server = server_mode(runner, manifest, precision, threads, test_images) if FLAGS.server_batch else None
+    server = server_mode(runner, manifest, precision, threads, server_images) if FLAGS.server_batch else None
     return {"bundle": bundle, "preset": manifest["preset"], "precision": precision, "threads": threads,
             "stage_ms": stage_ms, "chained_ms": chained_ms, "cascade_no_exit_ms": no_exit_ms,
             "runner_no_exit_over_whole": no_exit_ms / whole_ms,
-            "whole_model_ms": whole_ms,
-            "chained_over_whole": chained_ms / whole_ms, "budgets": budgets,
+            "whole_model_ms": whole_ms, "whole_model_median_ms": whole_median_ms,
+            "chained_over_whole": chained_ms / whole_median_ms, "budgets": budgets,
             "cascade_timings": timings, "latency_budgets": latency_budgets, "deadlines": deadlines,
             "server_mode": server}
 
@@ -230,11 +245,12 @@ def main(argv):
         from tf_fusionnet.evaluation.runs import load_run
 
         run = load_run(manifest["source_run"])
-        test_images = load_dataset(run.config["train"]["dataset"]).test_images[:FLAGS.images]
+        all_test_images = load_dataset(run.config["train"]["dataset"]).test_images
+        test_images, server_images = all_test_images[:FLAGS.images], all_test_images[:FLAGS.server_images]
         report = json.load(open(os.path.join(bundle, "report.json")))
         for precision in FLAGS.precision:
             for threads in (int(t) for t in FLAGS.threads):
-                r = bench_bundle(bundle, precision, threads, test_images, FLAGS.repeats)
+                r = bench_bundle(bundle, precision, threads, test_images, FLAGS.repeats, server_images)
                 r["top1_per_exit"] = report["precisions"][precision]["top1"]
                 r["keras_top1_per_exit"] = report["keras_top1"]
                 rows.append(r)

@@ -286,7 +286,10 @@ class CascadeRunner:
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise BundleError(f"images of shape {tuple(images.shape[1:])}, the model takes "
                               f"{'x'.join(map(str, self.input_shape))} (HxWxC)")
-        return ((images.astype(np.float32) - self.mean) / self.std).astype(np.float32)
+        x = images.astype(np.float32)  # a new array: normalised in place, one pass per operation
+        np.subtract(x, self.mean, out=x)
+        np.divide(x, self.std, out=x)
+        return x
 
     def _run_stage(self, k: int, pool: dict) -> np.ndarray:
         """Runs stage k on the tensors of ``pool`` it reads; adds what it returns, drops what no later
@@ -349,25 +352,28 @@ class CascadeRunner:
         return self._stream((self.preprocess(b) for b in batches), batch_size)
 
     def _stream(self, batches: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[int, dict]]:
-        queues: list[list[tuple[np.ndarray, np.ndarray, dict]]] = [[] for _ in range(self.num_exits)]
+        # A queue entry is (index, start, pool, rows): images index[i] (which arrived at start[i])
+        # whose maps are rows[i] of pool's arrays. Rows are gathered once, when a stage takes them.
+        queues: list[list[tuple]] = [[] for _ in range(self.num_exits)]
         waiting = [0] * self.num_exits
 
         def take(k: int) -> tuple[np.ndarray, np.ndarray, dict]:
             """Up to batch_size images from the front of queue k, as one (index, start, pool)."""
             parts, n = [], 0
             while queues[k] and n < batch_size:
-                index, start, pool = queues[k].pop(0)
+                index, start, pool, rows = queues[k].pop(0)
                 if n + len(index) > batch_size:
                     cut = batch_size - n
-                    queues[k].insert(0, (index[cut:], start[cut:], {m: v[cut:] for m, v in pool.items()}))
-                    index, start, pool = index[:cut], start[:cut], {m: v[:cut] for m, v in pool.items()}
-                parts.append((index, start, pool))
+                    queues[k].insert(0, (index[cut:], start[cut:], pool, rows[cut:]))
+                    index, start, rows = index[:cut], start[:cut], rows[:cut]
+                parts.append((index, start, pool, rows))
                 n += len(index)
             waiting[k] -= n
-            if len(parts) == 1:
-                return parts[0]
+            index, start, pool, rows = parts[0]
+            if len(parts) == 1 and len(rows) == len(next(iter(pool.values()))):
+                return index, start, pool  # a whole batch that went on untouched: no copy
             return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                    {m: np.concatenate([p[2][m] for p in parts]) for m in parts[0][2]})
+                    {m: np.concatenate([p[2][m][p[3]] for p in parts]) for m in pool})
 
         def run(k: int) -> Iterator[tuple[int, dict]]:
             index, start, pool = take(k)
@@ -383,9 +389,14 @@ class CascadeRunner:
                 yield int(index[j]), {"class": int(probs[j].argmax()), "confidence": float(confidence[j]),
                                       "exit": k + 1, "macs": self.exit_macs[k], "ms": (now - start[j]) * 1e3}
             keep = np.flatnonzero(~done)
-            if len(keep):
-                queues[k + 1].append((index[keep], start[keep], {m: v[keep] for m, v in pool.items()}))
-                waiting[k + 1] += len(keep)
+            if not len(keep):
+                return
+            if 2 * len(keep) < len(index):  # few go on: copy their rows now, not hold the batch's maps
+                pool, rows = {m: v[keep] for m, v in pool.items()}, np.arange(len(keep))
+            else:
+                rows = keep
+            queues[k + 1].append((index[keep], start[keep], pool, rows))
+            waiting[k + 1] += len(keep)
 
         def drain(final: bool) -> Iterator[tuple[int, dict]]:
             for k in range(self.num_exits):
@@ -395,7 +406,7 @@ class CascadeRunner:
         seen = 0
         for x in batches:
             now = time.perf_counter()
-            queues[0].append((np.arange(seen, seen + len(x)), np.full(len(x), now), {"image": x}))
+            queues[0].append((np.arange(seen, seen + len(x)), np.full(len(x), now), {"image": x}, np.arange(len(x))))
             waiting[0] += len(x)
             seen += len(x)
             yield from drain(final=False)
@@ -408,13 +419,16 @@ class CascadeRunner:
         start = time.perf_counter()
         pool = {"image": x}
         for k in range(self.num_exits):
-            probs = softmax(self._run_stage(k, pool))[0]
+            # The top softmax probability, with no full softmax: exp(z - max z) is exactly 1.0 at the
+            # top class, so 1 / sum(exp(z - max z)) is bit for bit softmax(z).max() (float64).
+            z = self._run_stage(k, pool)[0].astype(np.float64)
+            confidence = 1.0 / np.exp(z - z.max()).sum()
             elapsed = (time.perf_counter() - start) * 1e3
             last = k == self.num_exits - 1
-            confident = probs.max() >= self.thresholds[k]
+            confident = confidence >= self.thresholds[k]
             out_of_time = costs is not None and not last and elapsed + costs[k + 1] > deadline_ms
             if confident or last or out_of_time:
-                result = {"class": int(probs.argmax()), "confidence": float(probs.max()), "exit": k + 1,
+                result = {"class": int(z.argmax()), "confidence": float(confidence), "exit": k + 1,
                           "macs": self.exit_macs[k], "ms": elapsed}
                 if costs is not None:
                     result["deadline_hit"] = bool(out_of_time and not confident)
