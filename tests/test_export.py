@@ -193,6 +193,30 @@ def test_latency_budget_picks_affordable_thresholds(bundle, tmp_path):
     assert again.cascade_timings(cache=cache) == runner.cascade_timings()
 
 
+def test_latency_budget_mixes_the_entries_around_the_budget(bundle):
+    runner_module = _runner_module(bundle["bundle"])
+    runner = runner_module.CascadeRunner(bundle["bundle"])
+    runner._timings = {"exit_ms": [1.0, 2.0, 4.0], "stage_cost_ms": [1.0, 1.0, 2.0]}
+    expected = sorted(float(np.dot(e["val_exit_shares"], [1.0, 2.0, 4.0])) for e in runner.manifest["thresholds"])
+    gaps = [(b - a, a, b) for a, b in zip(expected, expected[1:]) if b - a > 1e-6]
+    _, low, high = max(gaps)
+    budget = low + 0.3 * (high - low)
+    chosen = runner.use_latency_budget(budget)
+    assert chosen["expected_ms"] == pytest.approx(budget) and chosen["upper_share"] == pytest.approx(0.3)
+    # The mixture's two entries, made extreme so that each image shows which it used: exit 1 or 3.
+    runner._mix, runner._mix_credit = ([float("inf"), float("inf"), float("-inf")], 0.25), 0.0
+    runner._thresholds = [float("-inf")] * 3
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    one_by_one = [runner.classify(images[i])[0]["exit"] for i in range(20)]
+    batched = [r["exit"] for r in runner.classify(images)]
+    for exits in (one_by_one, batched):
+        assert exits == [1, 1, 1, 3] * 5
+    runner.thresholds = [float("-inf")] * 3  # explicit thresholds end the mixture
+    assert [r["exit"] for r in runner.classify(images)] == [1] * 20
+    # At or above the dearest entry there is nothing to mix with.
+    assert runner.use_latency_budget(1e6)["upper_budget_macs"] is None
+
+
 def test_deadline_never_starts_a_stage_that_cannot_finish(bundle):
     runner_module = _runner_module(bundle["bundle"])
     runner = runner_module.CascadeRunner(bundle["bundle"])  # early exit off: only time stops it
