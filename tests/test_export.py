@@ -204,7 +204,7 @@ def test_latency_budget_mixes_the_entries_around_the_budget(bundle):
     chosen = runner.use_latency_budget(budget)
     assert chosen["expected_ms"] == pytest.approx(budget) and chosen["upper_share"] == pytest.approx(0.3)
     # The mixture's two entries, made extreme so that each image shows which it used: exit 1 or 3.
-    runner._mix, runner._mix_credit = ([float("inf"), float("inf"), float("-inf")], 0.25), 0.0
+    runner._mix, runner._mix_credit, runner._latency = ([float("inf"), float("inf"), float("-inf")], 0.25), 0.0, None
     runner._thresholds = [float("-inf")] * 3
     images = np.zeros((20, 32, 32, 3), np.uint8)
     one_by_one = [runner.classify(images[i])[0]["exit"] for i in range(20)]
@@ -215,6 +215,18 @@ def test_latency_budget_mixes_the_entries_around_the_budget(bundle):
     assert [r["exit"] for r in runner.classify(images)] == [1] * 20
     # At or above the dearest entry there is nothing to mix with.
     assert runner.use_latency_budget(1e6)["upper_budget_macs"] is None
+    # The target follows the measured times: images slower than the budget pull it down to the
+    # cheapest entry at most, faster ones up to the dearest, and on-budget images leave it.
+    runner.use_latency_budget(budget)
+    for _ in range(200):
+        runner._latency_feedback(10 * budget)
+    assert runner._latency["target"] == pytest.approx(expected[0]) and runner._mix is None
+    for _ in range(2000):
+        runner._latency_feedback(0.0)
+    assert runner._latency["target"] == pytest.approx(expected[-1])
+    runner.use_latency_budget(budget)
+    runner._latency_feedback(budget)
+    assert runner._latency["target"] == pytest.approx(budget) and runner._mix[1] == pytest.approx(0.3)
 
 
 def test_deadline_never_starts_a_stage_that_cannot_finish(bundle):

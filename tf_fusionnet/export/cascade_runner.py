@@ -231,6 +231,7 @@ class CascadeRunner:
         self.timing_cache: str | None = None  # where cascade_timings() keeps its measurement
         self._mix: tuple[list[float], float] | None = None  # use_latency_budget's upper entry, weight
         self._mix_credit = 0.0
+        self._latency: dict | None = None  # use_latency_budget's budget, target and entry curve
         self._timings: dict | None = None
         files = self.manifest["precisions"][precision]["stages"]
         verify_files(bundle, self.manifest, files)
@@ -266,7 +267,7 @@ class CascadeRunner:
     def thresholds(self, values) -> None:
         """Per-exit thresholds for every image; ends a :meth:`use_latency_budget` mixture."""
         self._thresholds = list(values)
-        self._mix = None
+        self._mix = self._latency = None
 
     def _upper_entry(self, n: int) -> np.ndarray | None:
         """For the next n images, whether each uses the mixture's upper entry (None: no mixture).
@@ -359,11 +360,17 @@ class CascadeRunner:
         (one image at a time), the cascade also stops when the time is up and
         returns the answer of the last exit it reached.
         """
+        start = time.perf_counter()
         x = self.preprocess(images)
         if deadline_ms is not None or len(x) == 1:
-            upper = self._upper_entry(len(x))
-            return [self._classify_one(x[i:i + 1], deadline_ms, upper is not None and upper[i])
-                    for i in range(len(x))]
+            results = []
+            for i in range(len(x)):
+                upper = self._upper_entry(1)
+                results.append(self._classify_one(x[i:i + 1], deadline_ms, upper is not None and upper[0]))
+                if self._latency is not None:
+                    self._latency_feedback((time.perf_counter() - start) * 1e3)
+                start = time.perf_counter()
+            return results
         result = [None] * len(x)
         for i, r in self._stream([x], min(len(x), CLASSIFY_BATCH)):
             result[i] = r
@@ -504,7 +511,7 @@ class CascadeRunner:
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 pass  # unreadable or foreign: measured again and rewritten below
         image = np.zeros((1,) + self.input_shape, np.uint8)
-        saved = self._thresholds, self._mix, self._mix_credit
+        saved = self._thresholds, self._mix, self._mix_credit, self._latency
         samples = []
         try:
             for k in range(self.num_exits):
@@ -513,7 +520,7 @@ class CascadeRunner:
                     self.classify(image)
                 samples.append([self.classify(image)[0]["ms"] for _ in range(images)])
         finally:
-            self._thresholds, self._mix, self._mix_credit = saved
+            self._thresholds, self._mix, self._mix_credit, self._latency = saved
         exit_ms = [float(np.mean(s)) for s in samples]
         costs = [float(np.percentile(samples[0], 95))] + [
             max(0.0, float(np.percentile(samples[k], 95) - np.median(samples[k - 1]))) for k in range(1, self.num_exits)]
@@ -528,38 +535,61 @@ class CascadeRunner:
                 pass  # a read-only bundle still runs; it measures again next time
         return self._timings
 
-    def use_latency_budget(self, budget_ms: float, cache: str | None = None) -> dict:
-        """Thresholds whose expected latency is ``budget_ms`` on this device.
+    def use_latency_budget(self, budget_ms: float, cache: str | None = None, gain: float = 0.05) -> dict:
+        """Thresholds that keep the mean time per image at ``budget_ms`` on this device.
 
         An entry's expected latency is its validation exit shares times this device's measured
-        cost of answering at each exit. The entries are a dozen points, often more than 10% apart,
-        so the runner mixes the two around the budget: the entry just below it for some images and
-        the one just above it for the others, in the proportion that makes the expected mean the
-        budget (images alternate deterministically, see :meth:`_upper_entry`). Above the dearest
-        entry, that entry alone."""
+        cost of answering at each exit (:meth:`cascade_timings`). The dozen entries are often more
+        than 10% apart, so the runner mixes the two around a target: the entry just below it for
+        some images, the one above for the others, in the proportion whose expected mean is the
+        target (images alternate deterministically, see :meth:`_upper_entry`).
+
+        The target starts at the budget and then follows what images one at a time really take
+        (:meth:`_latency_feedback`): the test images' exits differ from the validation split's,
+        and this device's speed drifts (by tens of percent within minutes on the project's
+        machines; heat does it on a phone), which an estimate made once cannot follow. Batches
+        use the target as it stands.
+        """
         exit_ms = np.asarray(self.cascade_timings(cache=cache)["exit_ms"])
-        entries = sorted((float(np.dot(e["val_exit_shares"], exit_ms)), e) for e in self.manifest["thresholds"])
-        below = [pair for pair in entries if pair[0] <= budget_ms]
-        if not below:
-            raise BundleError(f"--latency_budget_ms {budget_ms} is below what this device needs "
-                              f"for the cheapest entry (exit 1 alone takes {exit_ms[0]:.2f} ms)")
-        lower = below[-1]
-        above = [pair for pair in entries if pair[0] > budget_ms]
 
         def thresholds_of(entry):
             values = decode_thresholds(entry["thresholds"])
             values[-1] = float("-inf")
             return values
 
-        self.thresholds = thresholds_of(lower[1])
-        chosen = {"expected_ms": lower[0], "budget_macs": lower[1]["budget_macs"], "exit_ms": exit_ms.tolist(),
-                  "upper_budget_macs": None, "upper_share": 0.0}
-        if above and lower[0] < budget_ms:
-            upper = above[0]
-            weight = (budget_ms - lower[0]) / (upper[0] - lower[0])
-            self._mix, self._mix_credit = (thresholds_of(upper[1]), weight), 0.0
-            chosen.update(expected_ms=budget_ms, upper_budget_macs=upper[1]["budget_macs"], upper_share=weight)
-        return chosen
+        curve = sorted(((float(np.dot(e["val_exit_shares"], exit_ms)), thresholds_of(e), e["budget_macs"])
+                        for e in self.manifest["thresholds"]), key=lambda point: point[0])
+        if budget_ms < curve[0][0]:
+            raise BundleError(f"--latency_budget_ms {budget_ms} is below what this device needs "
+                              f"for the cheapest entry (exit 1 alone takes {exit_ms[0]:.2f} ms)")
+        self.thresholds = curve[0][1]
+        self._latency = {"budget": budget_ms, "target": budget_ms, "curve": curve, "gain": gain}
+        self._mix_credit = 0.0
+        lower, upper, weight = self._aim(budget_ms)
+        return {"expected_ms": min(budget_ms, curve[-1][0]), "budget_macs": lower[2], "exit_ms": exit_ms.tolist(),
+                "upper_budget_macs": None if upper is None else upper[2], "upper_share": weight}
+
+    def _aim(self, target_ms: float):
+        """Sets the mixture whose expected latency is ``target_ms`` (clamped to the entries')."""
+        curve = self._latency["curve"]
+        lower = max((p for p in curve if p[0] <= target_ms), key=lambda p: p[0], default=curve[0])
+        upper = min((p for p in curve if p[0] > target_ms), key=lambda p: p[0], default=None)
+        self._thresholds = lower[1]
+        if upper is None or target_ms <= lower[0]:
+            self._mix = None
+            return lower, None, 0.0
+        weight = (target_ms - lower[0]) / (upper[0] - lower[0])
+        self._mix = (upper[1], weight)
+        return lower, upper, weight
+
+    def _latency_feedback(self, measured_ms: float) -> None:
+        """Moves the target by ``gain`` times the last image's miss of the budget: an integral
+        controller, so the mean time per image settles at the budget wherever the entries reach it."""
+        state = self._latency
+        curve = state["curve"]
+        state["target"] = min(max(state["target"] + state["gain"] * (state["budget"] - measured_ms), curve[0][0]),
+                              curve[-1][0])
+        self._aim(state["target"])
 
 
 def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
@@ -750,7 +780,8 @@ def main(argv=None) -> int:
                 if chosen["upper_budget_macs"] is not None:
                     source += (f" for {100 * (1 - chosen['upper_share']):.0f}% of images, of the "
                                f"{chosen['upper_budget_macs'] / 1e6:.1f}M-MAC entry for the others")
-                print(f"latency budget {args.latency_budget_ms} ms: expected {chosen['expected_ms']:.2f} ms ({source})")
+                print(f"latency budget {args.latency_budget_ms} ms: expected {chosen['expected_ms']:.2f} ms ({source}; "
+                      "then adjusted to the measured times)")
         summary = RunningSummary(runner.num_exits)
         for r in classify_files(runner, iter_images(args.images), args.batch_size, args.deadline_ms, summary):
             if args.json:
