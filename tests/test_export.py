@@ -236,6 +236,8 @@ def test_deadline_never_starts_a_stage_that_cannot_finish(bundle):
     runner._timings = {"exit_ms": [1.0, 2.0, 3.0], "stage_cost_ms": [1.0, 1e6, 1e6]}
     answer = runner.classify(image, deadline_ms=50.0)[0]
     assert answer["exit"] == 1 and answer["deadline_hit"]  # stage 2 would take longer than the deadline
-    runner._timings = {"exit_ms": [1.0, 2.0, 3.0], "stage_cost_ms": [0.0, 0.0, 0.0]}
+    runner._timings, runner._stage_cost = {"exit_ms": [1.0, 2.0, 3.0], "stage_cost_ms": [0.0, 0.0, 0.0]}, None
     answer = runner.classify(image, deadline_ms=1e6)[0]
     assert answer["exit"] == 3 and not answer["deadline_hit"]
+    # Every stage run under a deadline updates its cost: none of them is free any more.
+    assert all(cost > 0 for cost in runner._stage_cost)
