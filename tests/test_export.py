@@ -241,3 +241,4 @@ def test_deadline_never_starts_a_stage_that_cannot_finish(bundle):
     assert answer["exit"] == 3 and not answer["deadline_hit"]
     # Every stage run under a deadline updates its cost: none of them is free any more.
     assert all(cost > 0 for cost in runner._stage_cost)
+    assert runner.classify(np.zeros((0, 32, 32, 3), np.uint8)) == []

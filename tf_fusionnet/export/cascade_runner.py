@@ -372,6 +372,8 @@ class CascadeRunner:
                     self._latency_feedback((time.perf_counter() - start) * 1e3)
                 start = time.perf_counter()
             return results
+        if not len(x):
+            return []
         result = [None] * len(x)
         for i, r in self._stream([x], min(len(x), CLASSIFY_BATCH)):
             result[i] = r
