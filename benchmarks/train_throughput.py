@@ -11,7 +11,8 @@ both see the same machine at nearly the same moment. The baseline runs its own
 ``benchmarks/train_throughput.py --child`` (its own compile settings); this tree
 compiles exactly as ``train.py`` does (``compile_for_training``), once per
 ``--variants`` entry (a ``--precision`` value, ``+xla`` for ``--jit_compile on``,
-``+nometrics`` without the per-exit accuracy metrics). Where the two commits build a
+``+nometrics`` without the per-exit accuracy metrics, ``+speN`` with Keras's
+``steps_per_execution=N``). Where the two commits build a
 preset's network differently, MACs trained per second (images/s x forward MACs per
 image) compare them at equal work; both are reported.
 
@@ -48,7 +49,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list("presets", ["msdnet-cifar-anytime", "fusionnet-cifar", "ranet-cifar"], "Presets.")
 flags.DEFINE_string("baseline", "9aaa325", "Commit to compare with ('' to skip).")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
-flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics.")
+flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics, +speN.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_integer("steps", 12, "Timed steps.")
@@ -68,8 +69,9 @@ REAL_RECIPE = ["--batch_size", "128", "--lr", "0.05", "--warmup_epochs", "1", "-
 
 def parse_variant(variant: str) -> dict:
     parts = variant.split("+")
+    spe = [int(p[3:]) for p in parts[1:] if p.startswith("spe") and p[3:].isdigit()]
     return {"precision": parts[0], "jit_compile": "on" if "xla" in parts[1:] else "off",
-            "metrics": "nometrics" not in parts[1:]}
+            "metrics": "nometrics" not in parts[1:], "steps_per_execution": spe[0] if spe else 1}
 
 
 def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int) -> dict:
@@ -93,11 +95,15 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int)
     model = build_model(preset)
     jit_compile = resolve_jit_compile(config.jit_compile)
     k = len(model.outputs)
+    spe = settings["steps_per_execution"]
+    if warmup % spe or steps % spe:
+        raise ValueError(f"--warmup_steps and --steps must be multiples of steps_per_execution {spe}")
     if settings["metrics"]:
-        compile_for_training(model, config, 100, jit_compile)
+        compile_for_training(model, config, 100, jit_compile, steps_per_execution=spe)
     else:  # as compile_for_training, less the per-exit accuracy metrics
         loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-        model.compile(optimizer=make_optimizer(config, 100), loss=[loss] * k, jit_compile=jit_compile)
+        model.compile(optimizer=make_optimizer(config, 100), loss=[loss] * k, jit_compile=jit_compile,
+                      steps_per_execution=spe)
     x = np.random.RandomState(0).randn(batch_size, 32, 32, 3).astype("float32")
     y = tf.one_hot(np.random.RandomState(1).randint(0, 10, batch_size), 10).numpy()
     ds = tf.data.Dataset.from_tensors((x, tuple([y] * k))).repeat()
@@ -108,7 +114,7 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int)
             times.append(time.perf_counter())
 
     model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[StepTimes()])
-    seconds = times[-1] - times[warmup - 1]
+    seconds = times[-1] - times[warmup // spe - 1]  # the callback runs once per execution of spe steps
     return {"images_per_second": round(steps * batch_size / seconds, 1), "seconds": round(seconds, 3),
             "precision": precision, "macs_per_image": exit_macs(model)[-1]}
 

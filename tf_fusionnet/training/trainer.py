@@ -292,8 +292,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return optimizer
 
 
-def compile_for_training(model, config: TrainConfig, steps_per_epoch: int, jit_compile: bool) -> None:
-    """Compiles ``model`` as train.py trains it: optimizer, per-exit loss and weights, exit metrics."""
+def compile_for_training(model, config: TrainConfig, steps_per_epoch: int, jit_compile: bool,
+                         steps_per_execution: int = 1) -> None:
+    """Compiles ``model`` as train.py trains it: optimizer, per-exit loss and weights, exit metrics.
+
+    ``steps_per_execution`` > 1 is for benchmarks/train_throughput.py's ``+spe`` variant only."""
     import keras
 
     num_exits = len(model.outputs)
@@ -304,6 +307,7 @@ def compile_for_training(model, config: TrainConfig, steps_per_epoch: int, jit_c
         loss_weights=parse_exit_weights(config.exit_weights, num_exits),
         metrics=[[keras.metrics.CategoricalAccuracy(name="accuracy")] for _ in range(num_exits)],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
 
 
