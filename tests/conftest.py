@@ -19,6 +19,17 @@ def tiny_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_run):
+    """The tiny run's bundle in float32, float16 and int8, with standalone exits, shared by the
+    modules that test exports and the runner. Read-only: a case that changes it copies it first."""
+    from tf_fusionnet.export.bundle import export_bundle
+
+    out = str(tmp_path_factory.mktemp("export") / "bundle")
+    export_bundle(tiny_run, out, precisions=("float32", "float16", "int8"), standalone=True, verbose=False)
+    return out
+
+
 def load_benchmark_script(name: str):
     """Imports benchmarks/NAME.py as a module, for tests of its report code.
 

@@ -72,14 +72,9 @@ def runner_module(bundle_dir: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_run):
-    """The shared tiny run and its float32 + int8 bundle (never modified by a case: copied first)."""
-    from tf_fusionnet.export.bundle import export_bundle
-
-    bundle = str(tmp_path_factory.mktemp("faults") / "bundle")
-    export_bundle(tiny_run, bundle, precisions=("float32", "int8"), calibration_images=8, report_images=20,
-                  verbose=False)
-    return {"run": tiny_run, "bundle": bundle}
+def trained(tiny_run, tiny_bundle):
+    """The shared tiny run and its bundle (never modified by a case: copied first)."""
+    return {"run": tiny_run, "bundle": tiny_bundle}
 
 
 @pytest.fixture
@@ -460,7 +455,7 @@ RUNNER_BAD_ARGS = [
     (["--latency_budget_ms", "0"], r"--latency_budget_ms must be a positive number"),
     (["--threads", "0"], r"--threads and --batch_size must be integers >= 1"),
     (["--batch_size", "0"], r"--threads and --batch_size must be integers >= 1"),
-    (["--precision", "float16"], r"precision 'float16' not in the bundle"),
+    (["--precision", "bfloat16"], r"precision 'bfloat16' not in the bundle"),
     (["--budget", "lots"], r"invalid float value"),
 ]
 
