@@ -120,7 +120,6 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
         """Mean ms per image, one image per call; ``thresholds`` None keeps the runner's setting."""
         if thresholds is not None:
             runner.thresholds = decode_thresholds(thresholds)
-            runner.thresholds[-1] = float("-inf")
         t0 = time.perf_counter()
         results = [runner.classify(img)[0] for img in test_images]
         return (time.perf_counter() - t0) * 1e3 / len(test_images), results
@@ -128,7 +127,7 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     # The same runner with early exit off (every image through every stage, same Python path)
     # against the whole model, image by image in turn, so that drifts of this machine's speed hit
     # both alike.
-    runner.thresholds = [float("inf")] * (runner.num_exits - 1) + [float("-inf")]
+    runner.thresholds = [float("inf")] * runner.num_exits
     whole_times, no_exit_times = [], []
     for img in test_images:
         t0 = time.perf_counter()
@@ -165,7 +164,7 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
         latency_budgets.append({"budget_ms": target, "expected_ms": chosen["expected_ms"], "measured_mean_ms": mean_ms,
                                 "measured_over_budget": mean_ms / target,
                                 "final_target_ms": runner._latency["target"] if runner._latency else None})
-    runner.thresholds = [float("inf")] * (runner.num_exits - 1) + [float("-inf")]  # only time stops it
+    runner.thresholds = [float("inf")] * runner.num_exits  # only time stops it
     for share in LATENCY_SHARES:
         deadline = share * timings["exit_ms"][-1]
         times = [runner.classify(img, deadline_ms=deadline)[0]["ms"] for img in test_images]
@@ -206,7 +205,6 @@ def server_mode(runner, manifest: dict, precision: str, threads: int, test_image
 
     def runner_pass(thresholds) -> tuple[float, float]:
         runner.thresholds = decode_thresholds(thresholds)
-        runner.thresholds[-1] = float("-inf")
         macs = 0.0
         t0 = time.perf_counter()
         for _, r in runner.classify_stream((images[s:s + batch] for s in range(0, len(images), batch)), batch):

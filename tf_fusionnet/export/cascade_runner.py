@@ -86,6 +86,13 @@ def decode_thresholds(values) -> list[float]:
     return [math.inf if v is NEVER_EXIT else float(v) for v in values]
 
 
+def _last_exit_answers(values) -> list[float]:
+    """Per-exit thresholds with the last exit always answering, whatever was given for it."""
+    values = [float(v) for v in values]
+    values[-1] = float("-inf")
+    return values
+
+
 def _fail(key: str, expected: str) -> None:
     raise BundleError(f"{MANIFEST}: key {key!r} {expected}")
 
@@ -249,16 +256,16 @@ class CascadeRunner:
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
         self.std = np.asarray(self.manifest["normalization"]["std"], np.float32)
         if thresholds is not None:
-            self.thresholds = [float(t) for t in thresholds]
-            if any(math.isnan(t) for t in self.thresholds):
+            values = [float(t) for t in thresholds]
+            if any(math.isnan(t) for t in values):
                 raise BundleError("thresholds must be numbers, not NaN")
-            if len(self.thresholds) != self.num_exits:
-                raise BundleError(f"{len(self.thresholds)} thresholds given for {self.num_exits} exits")
+            if len(values) != self.num_exits:
+                raise BundleError(f"{len(values)} thresholds given for {self.num_exits} exits")
+            self.thresholds = values
         elif budget is not None:
             self.thresholds = decode_thresholds(thresholds_for_budget(self.manifest, budget)["thresholds"])
         else:  # no early exit: always the last exit
-            self.thresholds = [float("inf")] * (self.num_exits - 1) + [float("-inf")]
-        self.thresholds[-1] = float("-inf")
+            self.thresholds = [float("inf")] * self.num_exits
 
     @property
     def thresholds(self) -> list[float]:
@@ -267,7 +274,7 @@ class CascadeRunner:
     @thresholds.setter
     def thresholds(self, values) -> None:
         """Per-exit thresholds for every image; ends a :meth:`use_latency_budget` mixture."""
-        self._thresholds = list(values)
+        self._thresholds = _last_exit_answers(values)
         self._mix = self._latency = None
 
     def _upper_entry(self, n: int) -> np.ndarray | None:
@@ -577,12 +584,8 @@ class CascadeRunner:
         """
         exit_ms = np.asarray(self.cascade_timings(cache=cache)["exit_ms"])
 
-        def thresholds_of(entry):
-            values = decode_thresholds(entry["thresholds"])
-            values[-1] = float("-inf")
-            return values
-
-        curve = sorted(((float(np.dot(e["val_exit_shares"], exit_ms)), thresholds_of(e), e["budget_macs"])
+        curve = sorted(((float(np.dot(e["val_exit_shares"], exit_ms)),
+                         _last_exit_answers(decode_thresholds(e["thresholds"])), e["budget_macs"])
                         for e in self.manifest["thresholds"]), key=lambda point: point[0])
         if budget_ms < curve[0][0]:
             raise BundleError(f"--latency_budget_ms {budget_ms} is below what this device needs "
