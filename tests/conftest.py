@@ -8,6 +8,35 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pytest  # noqa: E402
 
 
+# Fixtures that take seconds to build, and the pytest-xdist group of the tests that use them.
+EXPENSIVE_FIXTURE_GROUPS = {
+    "tiny_run": "tiny_run",
+    "tiny_bundle": "tiny_run",
+    "eval_run": "eval_run",
+    "ranet_cifar": "ranet_cifar",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """Keeps the tests that share an expensive fixture on one pytest-xdist worker.
+
+    The suite runs on two workers (pytest.ini), and a session or module fixture is built once
+    per worker that asks for it: without the group, both workers would train and export the
+    same tiny bundle, the suite's dearest step. The group follows from the fixtures a test
+    uses, so a new test joins it by asking for one.
+    """
+    for item in items:
+        groups = {EXPENSIVE_FIXTURE_GROUPS[name] for name in getattr(item, "fixturenames", ())
+                  if name in EXPENSIVE_FIXTURE_GROUPS}
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(min(groups)))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A fusionnet-tiny run trained 1 epoch on the embedded sample, shared by the test modules

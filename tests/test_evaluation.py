@@ -206,7 +206,8 @@ def test_temperature_scaling_recovers_a_known_temperature():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def eval_run(tmp_path_factory):
+    """A run of its own (not the shared tiny_run): these tests write its eval/ folder."""
     from tf_fusionnet.training import TrainConfig, train
 
     run_dir = str(tmp_path_factory.mktemp("runs") / "fusionnet-tiny")
@@ -214,11 +215,11 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
-def test_evaluate_run_files_and_cache(tiny_run, monkeypatch):
+def test_evaluate_run_files_and_cache(eval_run, monkeypatch):
     from tf_fusionnet.evaluation import report, runs
 
-    summary = report.evaluate_run(tiny_run, budget=1.0e6, calibrate=True, verbose=0)
-    out = os.path.join(tiny_run, "eval")
+    summary = report.evaluate_run(eval_run, budget=1.0e6, calibrate=True, verbose=0)
+    out = os.path.join(eval_run, "eval")
     with np.load(os.path.join(out, "probs.npz")) as probs:
         assert probs["val_probs"].shape == (3, 50, 10) and probs["test_probs"].shape == (3, 300, 10)
         assert probs["val_labels"].shape == (50,) and probs["test_labels"].dtype.kind == "i"
@@ -236,7 +237,7 @@ def test_evaluate_run_files_and_cache(tiny_run, monkeypatch):
 
     # The second evaluation reads the cached logits: no model is loaded.
     monkeypatch.setattr(runs, "load_checkpoint", lambda *a, **k: pytest.fail("cache not used"))
-    report.evaluate_run(tiny_run, verbose=0)
+    report.evaluate_run(eval_run, verbose=0)
 
 
 def _evaluate(*args):
@@ -245,7 +246,7 @@ def _evaluate(*args):
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
-def test_bad_runs_fail_clearly(tiny_run, tmp_path):
+def test_bad_runs_fail_clearly(eval_run, tmp_path):
     from tf_fusionnet.evaluation import report
     from tf_fusionnet.evaluation.runs import RunError
     from tf_fusionnet.presets import build_model
@@ -254,14 +255,14 @@ def test_bad_runs_fail_clearly(tiny_run, tmp_path):
     assert missing.returncode == 1 and "no such run directory" in missing.stderr
 
     other = tmp_path / "other"
-    shutil.copytree(tiny_run, other)
+    shutil.copytree(eval_run, other)
     shutil.rmtree(other / "eval", ignore_errors=True)
     build_model("msdnet-tiny").save(other / "model.keras")
     with pytest.raises(RunError, match="not the 'fusionnet-tiny' model"):
         report.evaluate_run(str(other), verbose=0)
 
     moved = tmp_path / "moved"
-    shutil.copytree(tiny_run, moved)
+    shutil.copytree(eval_run, moved)
     shutil.rmtree(moved / "eval", ignore_errors=True)
     split = json.loads((moved / "split.json").read_text())
     split["train_fingerprint"] = "0" * 64
