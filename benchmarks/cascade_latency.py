@@ -6,8 +6,9 @@
 For every bundle, precision and thread count (batch 1, LiteRT's CPU kernels):
 1. each stage's median latency, the chained stages to the last exit, and one whole-model
    TFLite (all exits in one graph, converted here from the bundle's source run) for comparison;
-   the runner with early exit off and the whole model (preprocessing included) take turns image
-   by image, and their means give ``runner_no_exit_over_whole``;
+   the runner with early exit off, the whole model (preprocessing included) and the stages'
+   interpreters invoked back to back with nothing handed over take turns image by image; their
+   means give ``runner_no_exit_over_whole`` and its floor, ``bare_invokes_over_whole``;
 2. at every budget of the manifest, the measured mean latency per test image of the
    early-exit cascade (CascadeRunner.classify, one image at a time), beside the latency its
    average MACs predict (the same runner with early exit off, times the MAC share), and the
@@ -104,7 +105,7 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     for k in range(runner.num_exits):
         feeds.append({name: pool[name] for name in runner.stage_inputs[k]})
         runner._run_stage(k, pool)
-    stage_ms = [median_ms(lambda k=k: runner.runners[k](**feeds[k]), repeats) for k in range(runner.num_exits)]
+    stage_ms = [median_ms(lambda k=k: runner._run_stage(k, dict(feeds[k])), repeats) for k in range(runner.num_exits)]
 
     def chained():
         runner.run_stages(x)
@@ -126,17 +127,24 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
 
     # The same runner with early exit off (every image through every stage, same Python path)
     # against the whole model, image by image in turn, so that drifts of this machine's speed hit
-    # both alike.
+    # both alike. Between them, the stages' interpreters invoked one after another with no
+    # tensors handed over: what the split into stages costs inside LiteRT, the runner's floor.
     runner.thresholds = [float("inf")] * runner.num_exits
-    whole_times, no_exit_times = [], []
+    runner.classify(test_images[0])  # every stage allocated for one image
+    whole_times, bare_times, no_exit_times = [], [], []
     for img in test_images:
         t0 = time.perf_counter()
         whole_runner(image=runner.preprocess(img))
         t1 = time.perf_counter()
+        for interpreter in runner.interpreters:
+            interpreter.invoke()
+        t2 = time.perf_counter()
         runner.classify(img)
         whole_times.append(t1 - t0)
-        no_exit_times.append(time.perf_counter() - t1)
+        bare_times.append(t2 - t1)
+        no_exit_times.append(time.perf_counter() - t2)
     whole_ms, no_exit_ms = 1e3 * float(np.mean(whole_times)), 1e3 * float(np.mean(no_exit_times))
+    bare_ms = 1e3 * float(np.mean(bare_times))
     budgets = []
     for entry in manifest["thresholds"]:
         mean_ms, results = sweep(entry["thresholds"])
@@ -174,7 +182,8 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     server = server_mode(runner, manifest, precision, threads, server_images) if FLAGS.server_batch else None
     return {"bundle": bundle, "preset": manifest["preset"], "precision": precision, "threads": threads,
             "stage_ms": stage_ms, "chained_ms": chained_ms, "cascade_no_exit_ms": no_exit_ms,
-            "runner_no_exit_over_whole": no_exit_ms / whole_ms,
+            "runner_no_exit_over_whole": no_exit_ms / whole_ms, "bare_invokes_ms": bare_ms,
+            "bare_invokes_over_whole": bare_ms / whole_ms,
             "whole_model_ms": whole_ms, "whole_model_median_ms": whole_median_ms,
             "chained_over_whole": chained_ms / whole_median_ms, "budgets": budgets,
             "cascade_timings": timings, "latency_budgets": latency_budgets, "deadlines": deadlines,
@@ -259,7 +268,8 @@ def main(argv):
                       + " ".join(f"{m:.2f}" for m in r["stage_ms"])
                       + f" ms | chained {r['chained_ms']:.2f} ms, whole {r['whole_model_ms']:.2f} ms "
                       f"({r['chained_over_whole']:.2f}x); runner without early exit {r['cascade_no_exit_ms']:.2f} ms "
-                      f"({r['runner_no_exit_over_whole']:.2f}x)", flush=True)
+                      f"({r['runner_no_exit_over_whole']:.2f}x; the stages' bare invokes "
+                      f"{r['bare_invokes_over_whole']:.2f}x)", flush=True)
                 for lb in r["latency_budgets"]:
                     print(f"    --latency_budget_ms {lb['budget_ms']:.2f}: measured mean {lb['measured_mean_ms']:.2f} ms "
                           f"({lb['measured_over_budget']:.2f}x)", flush=True)
