@@ -100,6 +100,34 @@ def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
         assert all(r["ms"] >= 0 for r in by_index.values())
 
 
+def test_a_stage_that_fails_mid_image_leaves_the_runner_usable(bundle):
+    """One image's stage outputs are views of LiteRT's buffers; LiteRT refuses to run a stage while
+    a view of it is alive, so a failure between stages must not leave one behind."""
+    from tf_fusionnet.data.sources import load_dataset
+
+    images = load_dataset("sample").test_images[:4]
+    runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], thresholds=[2.0, 2.0, 0.0])
+    before = [runner.classify(img)[0] for img in images]
+    stage_2 = runner.interpreters[1]
+    real_invoke = stage_2.invoke
+
+    def fail_once():
+        stage_2.invoke = real_invoke
+        raise RuntimeError("stage 2 failed")
+
+    stage_2.invoke = fail_once
+    with pytest.raises(RuntimeError, match="stage 2 failed") as failure:
+        runner.classify(images[0])
+    after = [runner.classify(img)[0] for img in images]  # the traceback (and its frames) still alive
+    assert failure.tb is not None
+    assert [(r["exit"], r["class"], r["confidence"]) for r in after] == [
+        (r["exit"], r["class"], r["confidence"]) for r in before]
+    # Single images, a batch (stage calls of 4) and single images again: each size change re-plans.
+    batch = runner.classify(images)
+    assert [(r["exit"], r["class"]) for r in batch] == [(r["exit"], r["class"]) for r in before]
+    assert runner.classify(images[1])[0]["class"] == before[1]["class"]
+
+
 def _run_cli(bundle_dir, *args):
     return subprocess.run([sys.executable, os.path.join(bundle_dir, "cascade_runner.py"), *args],
                           capture_output=True, text=True, timeout=300)
