@@ -69,8 +69,8 @@ _WHOLE_CACHE: dict = {}
 
 
 def whole_model_tflite(manifest: dict, precision: str) -> bytes:
-    """All exits in one TFLite graph, from the bundle's source run (same calibration data)."""
-    key = (manifest["source_run"], precision)
+    """The bundle's exits in one TFLite graph, from its source run (same calibration data)."""
+    key = (manifest["source_run"], tuple(manifest.get("model_exits", ())), precision)
     if key not in _WHOLE_CACHE:
         _WHOLE_CACHE[key] = _convert_whole_model(manifest, precision)
     return _WHOLE_CACHE[key]
@@ -89,7 +89,12 @@ def _convert_whole_model(manifest: dict, precision: str) -> bytes:
         x = ((data.train_images[idx].astype(np.float32) - np.array(run.preprocessing["mean"], np.float32))
              / np.array(run.preprocessing["std"], np.float32))
         rep = representative_feed(["image"], [x])
-    names = [f"logits_{k + 1}" for k in range(len(model.outputs))]
+    exits = [e - 1 for e in manifest.get("model_exits", range(1, len(model.outputs) + 1))]
+    if len(exits) < len(model.outputs):  # a bundle of some exits: the whole model runs those heads only
+        import keras
+
+        model = keras.Model(model.inputs, [model.outputs[e] for e in exits])
+    names = [f"logits_{k + 1}" for k in range(len(exits))]
     return convert_to_tflite(model, ["image"], names, precision, rep)
 
 

@@ -29,6 +29,8 @@ flags.DEFINE_string("dataset", None, "Read the data from here instead of the run
 flags.DEFINE_enum("thresholds_from", "val", ["val", "train", "none"],
                   "Fit the budget thresholds on the validation split (val), on training-split images "
                   "(train: optimistic, for runs without validation data) or not at all (none).")
+flags.DEFINE_list("exits", None, "Exits to keep, e.g. 2,4,7 (default all): fewer stages to chain and fewer "
+                  "exit heads to run; the bundle's exit k is the model's k-th listed exit.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log and the converter's messages.")
 FLAGS = flags.FLAGS
 
@@ -43,12 +45,18 @@ def main(argv):
     import contextlib
 
     from tf_fusionnet.evaluation.runs import load_run
-    from tf_fusionnet.export.destination import check_export_arguments, check_out_dir
+    from tf_fusionnet.export.destination import check_exits, check_export_arguments, check_out_dir
 
     try:  # before TensorFlow loads: a wrong path or number is answered at once
-        load_run(FLAGS.run)
+        run = load_run(FLAGS.run)
         check_out_dir(FLAGS.out, FLAGS.run)
         check_export_arguments(FLAGS.precision, FLAGS.calibration_images, FLAGS.report_images, FLAGS.thresholds_from)
+        if FLAGS.exits is not None:
+            try:
+                exits = [int(e) for e in FLAGS.exits]
+            except ValueError:
+                raise ValueError(f"--exits must be comma-separated exit numbers, got {','.join(FLAGS.exits)}") from None
+            check_exits(exits, len(run.exit_macs))
     except (ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
@@ -64,7 +72,8 @@ def main(argv):
         with quiet:
             report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
                                    FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
-                                   thresholds_from=FLAGS.thresholds_from)
+                                   thresholds_from=FLAGS.thresholds_from,
+                                   exits=None if FLAGS.exits is None else [int(e) for e in FLAGS.exits])
     except (ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1

@@ -64,6 +64,31 @@ def test_bundle_layout_manifest_and_report(bundle):
     assert not [f for f in os.listdir(os.path.dirname(b)) if f.startswith(".tmp-")]
 
 
+def test_bundle_of_some_exits_skips_the_others_heads(bundle, tmp_path):
+    from tf_fusionnet.export.bundle import export_bundle
+
+    out = str(tmp_path / "exits_1_3")
+    report = export_bundle(bundle["run"], out, precisions=("float32",), report_images=60, verbose=False, exits=(1, 3))
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    full = json.load(open(os.path.join(bundle["bundle"], "manifest.json")))
+    assert manifest["num_exits"] == 2 and manifest["model_exits"] == [1, 3] and full["model_exits"] == [1, 2, 3]
+    assert manifest["precisions"]["float32"]["stages"] == ["float32/stage_1.tflite", "float32/stage_2.tflite"]
+    # Exit 2's head is not run, so the last exit costs less than in the bundle of every exit.
+    assert manifest["exit_macs"][0] == full["exit_macs"][0]
+    assert manifest["exit_macs"][1] < full["exit_macs"][2]
+    assert all(len(e["thresholds"]) == 2 and e["thresholds"][-1] == 0.0 for e in manifest["thresholds"])
+    # The bundle's exit 2 is the model's exit 3, logit for logit.
+    f32 = report["precisions"]["float32"]
+    assert f32["within_1e-4"]
+    runner = _runner_module(out).CascadeRunner(out, thresholds=[2.0, 0.0])
+    assert runner.model_exits == [1, 3]
+    from tf_fusionnet.data.sources import load_dataset
+
+    images = load_dataset("sample").test_images[:5]
+    full_runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], thresholds=[2.0, 2.0, 0.0])
+    assert [r["class"] for r in runner.classify(images)] == [r["class"] for r in full_runner.classify(images)]
+
+
 def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
     from tf_fusionnet.data.sources import load_dataset
     from tf_fusionnet.evaluation.budgeted import exit_indices, exit_proportions, fit_thresholds

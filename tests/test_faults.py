@@ -320,6 +320,9 @@ def test_export_refuses_a_bundle_holding_a_users_file(work):
     (["--calibration_images", "0"], r"--calibration_images must be >= 1 for int8"),
     (["--report_images", "-1"], r"--report_images must be >= 0"),
     (["--precision", "fp64"], r"--precision must be among"),
+    (["--exits", "3,1"], r"--exits must be increasing exit numbers between 1 and 3, got 3,1"),
+    (["--exits", "1,4"], r"--exits must be increasing exit numbers between 1 and 3"),
+    (["--exits", "two"], r"--exits must be comma-separated exit numbers, got two"),
 ])
 def test_export_bad_numbers(work, args, pattern):
     before = snapshot(work["root"])
@@ -403,6 +406,7 @@ MANIFEST_FAULTS = [
     ("normalisation std missing", lambda m: m["normalization"].pop("std"), True, r"'normalization.std'"),
     ("std of zero", _set(["normalization", "std"], [0.0, 1.0, 1.0]), True, r"'normalization.std' must be positive"),
     ("wrong number of exit MACs", _set(["exit_macs"], [1, 2]), True, r"'exit_macs'"),
+    ("model exits out of order", _set(["model_exits"], [3, 1, 2]), True, r"'model_exits'"),
     ("threshold above 1", _set(["thresholds", 0, "thresholds", 0], 5), True, r"'thresholds\[0\].thresholds'"),
     ("class names not strings", _set(["class_names"], [1, 2]), True, r"'class_names'"),
     ("input shape a string", _set(["input", "shape"], "32x32x3"), True, r"'input.shape'"),

@@ -22,6 +22,7 @@ actually built, not a per-preset formula.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import keras
 from keras import layers
@@ -99,11 +100,13 @@ def node_macs(node) -> int:
     )
 
 
-def exit_macs(model: keras.Model) -> list[int]:
+def exit_macs(model: keras.Model, exits: Sequence[int] | None = None) -> list[int]:
     """Cumulative MACs of every exit of a functional multi-exit model.
 
     Args:
         model: a functional ``keras.Model`` whose outputs are the exits in order.
+        exits: 0-based indices of the exits a cascade keeps (None: all); the heads of the others
+            are not run, so they are not counted.
 
     Returns:
         One int per exit: the MACs (batch 1) of everything needed to classify a
@@ -115,7 +118,7 @@ def exit_macs(model: keras.Model) -> list[int]:
     ```
     """
     cumulative, total = [], 0
-    for stage_nodes in cut_stages(model).nodes:
+    for stage_nodes in cut_stages(model, exits).nodes:
         total += sum(node_macs(node) for node in stage_nodes.values())
         cumulative.append(total)
     return cumulative

@@ -17,7 +17,12 @@ from tf_fusionnet.evaluation.budgeted import thresholds_for_budget
 from tf_fusionnet.evaluation.metrics import softmax
 from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data, run_logits
 from tf_fusionnet.export import cascade_runner
-from tf_fusionnet.export.destination import check_export_arguments, check_out_dir, clean_stale_temporaries
+from tf_fusionnet.export.destination import (
+    check_export_arguments,
+    check_exits,
+    check_out_dir,
+    clean_stale_temporaries,
+)
 from tf_fusionnet.export.stages import (
     convert_to_tflite,
     exit_models,
@@ -25,6 +30,7 @@ from tf_fusionnet.export.stages import (
     run_keras_stages,
     stage_models,
 )
+from tf_fusionnet.macs import exit_macs
 from tf_fusionnet.models.stage_cut import cut_stages
 
 
@@ -86,6 +92,7 @@ def export_bundle(
     dataset: str | None = None,
     verbose: bool = True,
     thresholds_from: str = "val",
+    exits: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Exports a run as a bundle folder (see docs/export.md); returns the report.
 
@@ -102,10 +109,15 @@ def export_bundle(
             split), "train" (up to 5,000 training-split images: optimistic, the model has seen
             them; for runs trained with --val_size 0) or "none" (no table: the runner then
             needs explicit thresholds, or runs every image to the last exit).
+        exits: the model's exits to keep, 1-based and increasing (None: all). Fewer exits mean
+            fewer stages to chain and fewer exit heads to run; the bundle's exit k is the model's
+            exit ``exits[k-1]`` (``model_exits`` in the manifest), and its MACs, thresholds and
+            report count only the kept exits.
     """
     check_export_arguments(precisions, calibration_images, report_images, thresholds_from)
     start_time = time.time()
     run = load_run(run_dir)
+    kept = check_exits(exits, len(run.exit_macs))
     check_out_dir(out_dir, run_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     for entry in clean_stale_temporaries(parent):
@@ -117,11 +129,16 @@ def export_bundle(
                          "those images) or --thresholds_from none")
     model = load_checkpoint(run, checkpoint)
     logits = run_logits(run, checkpoint, dataset=dataset, verbose=0, loaded=(data, val_idx, model))
+    if len(kept) < len(model.outputs):
+        logits = {key: value[kept] if key.endswith("_logits") else value for key, value in logits.items()}
+        bundle_exit_macs = exit_macs(model, kept)
+    else:
+        bundle_exit_macs = list(run.exit_macs)
     mean = np.asarray(run.preprocessing["mean"], np.float32)
     std = np.asarray(run.preprocessing["std"], np.float32)
     normalize = lambda x: ((x.astype(np.float32) - mean) / std).astype(np.float32)
 
-    cut = cut_stages(model)
+    cut = cut_stages(model, kept)
     stages = stage_models(model, cut)
     num_exits = len(stages)
     rng = np.random.default_rng(0)
@@ -141,7 +158,7 @@ def export_bundle(
             inputs, outputs = cut.input_names[k], cut.output_names[k]
             stage_specs.append({"stage": k + 1, "signature": "serve", "inputs": inputs, "outputs": outputs,
                                 "input_shapes": [list(t.shape[1:]) for t in stages[k].inputs],
-                                "cumulative_macs": int(run.exit_macs[k])})
+                                "cumulative_macs": int(bundle_exit_macs[k])})
         for precision in precisions:
             os.makedirs(os.path.join(tmp_dir, precision))
             files[precision] = []
@@ -155,7 +172,7 @@ def export_bundle(
                 _log(verbose, f"  {name}")
             if standalone:
                 standalone_files[precision] = []
-                for k, exit_model in enumerate(exit_models(model)):
+                for k, exit_model in enumerate(exit_models(model, kept)):
                     rep = representative_feed(["image"], calib_feeds[0]) if precision == "int8" else None
                     name = f"{precision}/exit_{k + 1}.tflite"
                     with open(os.path.join(tmp_dir, name), "wb") as f:
@@ -164,12 +181,12 @@ def export_bundle(
                     _log(verbose, f"  {name}")
 
         if thresholds_from == "val":
-            table = threshold_table(softmax(logits["val_logits"]), logits["val_labels"], run.exit_macs)
+            table = threshold_table(softmax(logits["val_logits"]), logits["val_labels"], bundle_exit_macs)
         elif thresholds_from == "train":
             fit_idx = np.sort(rng.choice(train_idx, size=min(5000, len(train_idx)), replace=False))
             fit_logits = np.stack([np.asarray(o) for o in model.predict(
-                normalize(data.train_images[fit_idx]), batch_size=500, verbose=0)])
-            table = threshold_table(softmax(fit_logits), data.train_labels[fit_idx], run.exit_macs)
+                normalize(data.train_images[fit_idx]), batch_size=500, verbose=0)])[kept]
+            table = threshold_table(softmax(fit_logits), data.train_labels[fit_idx], bundle_exit_macs)
         else:
             table = []
         shutil.copy(cascade_runner.__file__, os.path.join(tmp_dir, "cascade_runner.py"))
@@ -186,7 +203,8 @@ def export_bundle(
                       "preprocessing": "x = (pixel - mean) / std per channel, on 0..255 pixel values"},
             "normalization": {"mean": mean.tolist(), "std": std.tolist()},
             "class_names": run.preprocessing.get("class_names"),
-            "exit_macs": [int(m) for m in run.exit_macs],
+            "exit_macs": [int(m) for m in bundle_exit_macs],
+            "model_exits": [k + 1 for k in kept],
             "stages": stage_specs,
             "precisions": {
                 p: {"stages": files[p], "standalone": standalone_files.get(p, []),
@@ -212,7 +230,7 @@ def export_bundle(
         with open(os.path.join(tmp_dir, cascade_runner.MANIFEST_DIGEST), "w") as f:
             f.write(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {cascade_runner.MANIFEST}\n")
 
-        report = _check_bundle(tmp_dir, precisions, standalone, data, logits, run.exit_macs, report_images, verbose)
+        report = _check_bundle(tmp_dir, precisions, standalone, data, logits, bundle_exit_macs, report_images, verbose)
         report["export_seconds"] = round(time.time() - start_time, 1)
         _write_json(os.path.join(tmp_dir, "report.json"), report)
 

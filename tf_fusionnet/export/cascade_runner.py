@@ -128,6 +128,11 @@ def validate_manifest(manifest) -> None:
     macs = manifest.get("exit_macs")
     if not (isinstance(macs, list) and len(macs) == k and all(_is_number(m) and m > 0 for m in macs)):
         _fail("exit_macs", f"must be a list of {k} positive numbers")
+    model_exits = manifest.get("model_exits", list(range(1, k + 1)))  # absent in bundles of all exits before it
+    if not (isinstance(model_exits, list) and len(model_exits) == k
+            and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in model_exits)
+            and all(b > a for a, b in zip(model_exits, model_exits[1:]))):
+        _fail("model_exits", f"must be {k} increasing exit numbers of the model")
     precisions = manifest.get("precisions")
     if not isinstance(precisions, dict) or not precisions:
         _fail("precisions", "must be a non-empty object")
@@ -244,6 +249,8 @@ class CascadeRunner:
         files = self.manifest["precisions"][precision]["stages"]
         verify_files(bundle, self.manifest, files)
         self.exit_macs = [float(m) for m in self.manifest["exit_macs"]]
+        # The bundle's exit k is the model's exit model_exits[k-1] (a bundle may keep some exits only).
+        self.model_exits = list(self.manifest.get("model_exits", range(1, len(files) + 1)))
         self.input_shape = tuple(self.manifest["input"]["shape"])
         # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2 when it loads and first
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Sequence
 
 from tf_fusionnet.utils import pid_alive
 
@@ -77,3 +78,14 @@ def check_export_arguments(precisions, calibration_images: int, report_images: i
         raise ValueError(f"--calibration_images must be >= 1 for int8, got {calibration_images}")
     if report_images < 0:
         raise ValueError(f"--report_images must be >= 0 (0: all), got {report_images}")
+
+
+def check_exits(exits: Sequence[int] | None, num_exits: int) -> list[int]:
+    """0-based exit indices from 1-based exit numbers (None: every exit), strictly increasing."""
+    if exits is None:
+        return list(range(num_exits))
+    numbers = [int(e) for e in exits]
+    if not numbers or any(b <= a for a, b in zip(numbers, numbers[1:])) or numbers[0] < 1 or numbers[-1] > num_exits:
+        raise ValueError(f"--exits must be increasing exit numbers between 1 and {num_exits}, got "
+                         f"{','.join(map(str, numbers)) or 'none'}")
+    return [e - 1 for e in numbers]

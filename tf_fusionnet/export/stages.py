@@ -25,9 +25,10 @@ def stage_models(model: keras.Model, cut: StageCut | None = None) -> list[keras.
     return [keras.Model(ins, outs, name=f"stage_{k + 1}") for k, (ins, outs) in enumerate(zip(cut.inputs, cut.outputs))]
 
 
-def exit_models(model: keras.Model) -> list[keras.Model]:
-    """Standalone models from the image to each exit alone."""
-    return [keras.Model(model.inputs, [output], name=f"exit_{k + 1}") for k, output in enumerate(model.outputs)]
+def exit_models(model: keras.Model, exits: Sequence[int] | None = None) -> list[keras.Model]:
+    """Standalone models from the image to each exit alone (``exits``: 0-based, None: all)."""
+    kept = range(len(model.outputs)) if exits is None else exits
+    return [keras.Model(model.inputs, [model.outputs[e]], name=f"exit_{k + 1}") for k, e in enumerate(kept)]
 
 
 def last_readers(input_names: Sequence[Sequence[str]]) -> dict[str, int]:

@@ -15,7 +15,7 @@ stage k reads its inputs from the pool and adds its outputs to it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import keras
 
@@ -82,8 +82,14 @@ def _graph_order(model: keras.Model) -> dict[int, int]:
     return order
 
 
-def cut_stages(model: keras.Model) -> StageCut:
+def cut_stages(model: keras.Model, exits: Sequence[int] | None = None) -> StageCut:
     """Cuts ``model`` into stages (see the module docstring).
+
+    Args:
+        model: a functional multi-exit model.
+        exits: 0-based indices of the exits to keep, increasing (None: all). Stage k then ends at
+            exit ``exits[k]``; the heads of the exits left out are not computed at all, and their
+            blocks join the next kept exit's stage (fewer stage boundaries, fewer exit heads).
 
     Example:
     ```python
@@ -91,11 +97,12 @@ def cut_stages(model: keras.Model) -> StageCut:
     cut.input_names[2]   # what stage 3 reads: maps from stages 1 and 2
     ```
     """
-    num_exits = len(model.outputs)
+    kept = list(range(len(model.outputs))) if exits is None else list(exits)
+    num_exits = len(kept)
     stage_of: dict[int, int] = {}
     nodes: list[dict[int, object]] = []
-    for k in range(num_exits):
-        new = {i: n for i, n in ancestor_nodes(stage_targets(model, k)).items() if i not in stage_of}
+    for k, exit_index in enumerate(kept):
+        new = {i: n for i, n in ancestor_nodes(stage_targets(model, exit_index)).items() if i not in stage_of}
         for i in new:
             stage_of[i] = k
         nodes.append(new)
@@ -131,7 +138,7 @@ def cut_stages(model: keras.Model) -> StageCut:
         inputs.append(reads)
         made = [t for i, (t, p) in handed.items() if p == k and i != id(image) and max(readers[i]) > k]
         made.sort(key=position)
-        outputs.append([model.outputs[k]] + made)
+        outputs.append([model.outputs[kept[k]]] + made)
     return StageCut(
         nodes=nodes,
         inputs=inputs,
