@@ -20,6 +20,11 @@ Phases, each a list of train.py runs on the 45,000/5,000 split of the CIFAR-10 J
 4. ``seed``: both main models again with ``--seed 1`` for ``--seed_epochs``, so differences
    are read against run-to-run spread as well as against the test set's paired standard error.
 
+Run order: the first main model and the baseline, the ablation, the second seed, and the other
+main models (RANet) last, since they cost the most and the claims do not rest on them; the main
+phase's plots, paired errors and cascade sweep are made after its first part and again after
+the rest.
+
 Warmup follows the paper's share (20 of 300 epochs), rounded, at least 1 epoch.
 
 Training is hours per model on 2 CPU cores. Every run resumes from its last finished epoch
@@ -112,16 +117,33 @@ def pilot_jobs(s) -> list[Job]:
 
 
 def later_jobs(s, lr: float, mix: float) -> list[Job]:
-    # The first model and the baseline train first: RANet's 30 epochs take about twice either's
-    # (~7 h on 2 cores), and the FusionNet-MSDNet pair is the comparison the paper's claims rest on.
-    order = s["main"][:1] + s["main"][-1:] + s["main"][1:-1]
-    jobs = [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in order]
+    """Every run after the pilot, in the order they train.
+
+    The first model and the baseline train first, then the ablation and the second seed, and the
+    other main models (RANet) last: RANet's 30 epochs take about twice either's (~14 h on 2
+    shared cores), while the paper's claims rest on the FusionNet-MSDNet pair, read against the
+    seed spread, and on the ablation.
+    """
+    pair = s["main"][:1] + s["main"][-1:]
+    jobs = [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in pair]
     e = s["ablation_epochs"]
-    jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in s["main"][:1] + s["main"][-1:]]
+    jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in pair]
     jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in s["ablations"]]
     e = s["seed_epochs"]
-    jobs += [Job(f"{p}-{e}ep-seed1", "seed", p, e, 1, lr, mix) for p in s["main"][:1] + s["main"][-1:]]
+    jobs += [Job(f"{p}-{e}ep-seed1", "seed", p, e, 1, lr, mix) for p in pair]
+    jobs += [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in s["main"][1:-1]]
     return jobs
+
+
+def run_groups(jobs: list[Job]) -> list[tuple[str, list[Job]]]:
+    """``jobs`` cut where the phase changes: (phase, consecutive jobs of it), in run order."""
+    groups: list[tuple[str, list[Job]]] = []
+    for job in jobs:
+        if groups and groups[-1][0] == job.phase:
+            groups[-1][1].append(job)
+        else:
+            groups.append((job.phase, [job]))
+    return groups
 
 
 def _log_rows(run: str) -> list[dict]:
@@ -254,23 +276,24 @@ def main(argv):
     if not choice:
         raise SystemExit("error: no recipe chosen yet: run the pilot phase first (--phases pilot)")
     jobs = [j for j in later_jobs(s, choice["lr"], choice["mix_prob"]) if j.phase in FLAGS.phases]
-    for phase in PHASES[1:]:
-        phase_jobs = [j for j in jobs if j.phase == phase]
-        for job in phase_jobs:
+    for phase, group in run_groups(jobs):
+        for job in group:
             print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: {progress(jobs, work, summary['jobs'])}", flush=True)
             if job.name not in summary["jobs"]:
                 train(job, s, work)
                 run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
                 finish(job, f"cifar10_cpu30: {phase} run {job.name} finished")
-        if phase_jobs and all(j.name in summary["jobs"] for j in phase_jobs):
-            baseline = phase_baseline(phase_jobs, s["main"][-1])
-            paired = summary.setdefault("paired", {})
-            for job in phase_jobs:
-                if job is not baseline and job.name not in paired:
-                    paired[job.name] = paired_errors(os.path.join(work, job.name), os.path.join(work, baseline.name))
-            atomic_write_json(os.path.join(out, "summary.json"), summary)
-        if phase == "main" and phase_jobs:
-            main_cascade(s, work, out, summary)
+        # Every finished run of the phase so far (the main phase comes in two parts), each
+        # against the phase's baseline, which is in its first part.
+        phase_jobs = [j for j in jobs if j.phase == phase and j.name in summary["jobs"]]
+        baseline = phase_baseline(phase_jobs, s["main"][-1])
+        paired = summary.setdefault("paired", {})
+        for job in phase_jobs:
+            if job is not baseline and job.name not in paired:
+                paired[job.name] = paired_errors(os.path.join(work, job.name), os.path.join(work, baseline.name))
+        atomic_write_json(os.path.join(out, "summary.json"), summary)
+        if phase == "main":
+            main_cascade(s, work, out, summary, [j.preset for j in phase_jobs])
             atomic_write_json(os.path.join(out, "summary.json"), summary)
             write_report(out)
             if FLAGS.commit:
@@ -279,19 +302,20 @@ def main(argv):
     return 0
 
 
-def main_cascade(s, work: str, out: str, summary: dict) -> None:
-    """Paired errors, overlay plots, float32/int8 bundles and the cascade sweep of the main models."""
+def main_cascade(s, work: str, out: str, summary: dict, presets: list[str]) -> None:
+    """Overlay plots, float32/int8 bundles and the cascade sweep of the finished main models
+    ``presets``; run again when more have finished."""
     from tf_fusionnet.data.sources import load_dataset
     from tf_fusionnet.evaluation.plots import plot_curves
 
-    runs = [os.path.join(work, p) for p in s["main"]]
+    runs = [os.path.join(work, p) for p in presets]
     cascade = summary.setdefault("cascade", {})
-    if all(f"{p} {precision}" in cascade for p in s["main"] for precision in ("float32", "int8")) and \
+    if all(f"{p} {precision}" in cascade for p in presets for precision in ("float32", "int8")) and \
             os.path.exists(os.path.join(out, "cascade_ms.png")):
         return  # done in an earlier invocation (whose run directories may be gone since)
     run_command([sys.executable, "evaluate.py", *sum((["--run", r] for r in runs), []), "--out", out])
     test = None
-    for preset, run in zip(s["main"], runs):
+    for preset, run in zip(presets, runs):
         bundle = os.path.join(work, f"bundle-{preset}")
         if not os.path.exists(os.path.join(bundle, "manifest.json")):
             run_command([sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle,

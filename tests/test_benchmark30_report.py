@@ -102,3 +102,16 @@ def test_warmup_follows_the_papers_share(bench):
     assert bench.Job("a", "main", "p", 30, 0, 0.1, 0.0).warmup_epochs == 2
     assert bench.Job("a", "main", "p", 10, 0, 0.1, 0.0).warmup_epochs == 1
     assert bench.Job("a", "main", "p", 300, 0, 0.1, 0.0).warmup_epochs == 20
+
+
+def test_run_order_pair_first_and_ranet_last(bench):
+    settings = dict(main=["fusionnet-cifar", "ranet-cifar", "msdnet-cifar-anytime"], epochs=30, ablation_epochs=10,
+                    seed_epochs=10, ablations=("fusionnet-cifar-nofusion", "msdnet-cifar-fusion"))
+    jobs = bench.later_jobs(settings, 0.05, 0.0)
+    assert [j.name for j in jobs] == [
+        "fusionnet-cifar", "msdnet-cifar-anytime", "fusionnet-cifar-10ep", "msdnet-cifar-anytime-10ep",
+        "fusionnet-cifar-nofusion-10ep", "msdnet-cifar-fusion-10ep", "fusionnet-cifar-10ep-seed1",
+        "msdnet-cifar-anytime-10ep-seed1", "ranet-cifar"]
+    assert [(phase, len(group)) for phase, group in bench.run_groups(jobs)] == [
+        ("main", 2), ("ablation", 4), ("seed", 2), ("main", 1)]
+    assert jobs[-1].phase == "main" and jobs[-1].epochs == 30 and jobs[-1].warmup_epochs == 2
