@@ -48,7 +48,9 @@ flags.DEFINE_integer("images", 300, "Test images for the budget sweep.")
 flags.DEFINE_integer("server_batch", 32, "Batch of the server-mode comparison (0: skip it).")
 flags.DEFINE_integer("server_images", 960, "Test images per server-mode pass.")
 flags.DEFINE_integer("server_rounds", 5, "Alternating rounds of whole model and server-mode runner.")
-flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file.")
+flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file (and a .png of the budgets beside it).")
+flags.DEFINE_list("plot_from", None, "Only plot: result files of earlier runs, one curve each, into --plot_out.")
+flags.DEFINE_string("plot_out", None, "PNG written by --plot_from.")
 FLAGS = flags.FLAGS
 
 LATENCY_SHARES = (0.4, 0.6, 0.8)  # --latency_budget_ms and --deadline_ms, as shares of the time to the last exit
@@ -253,11 +255,60 @@ def server_mode(runner, manifest: dict, precision: str, threads: int, test_image
     return {"batch": batch, "images": len(images), "rounds": rounds, "summary": summary}
 
 
+def plot_budgets(results: dict[str, list[dict]], path: str) -> None:
+    """Mean ms per image against mean MACs at every budget, one panel per preset, precision and
+    thread count, one curve per result file; a cross marks the whole model in one TFLite graph."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tf_fusionnet.utils import atomic_path
+
+    keys = sorted({(r["preset"], r["precision"], r["threads"]) for rows in results.values() for r in rows})
+    cols = min(4, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), dpi=110, squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for (label, rows), color in zip(results.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+            for r in (r for r in rows if (r["preset"], r["precision"], r["threads"]) == key):
+                points = sorted((b["mean_macs"] / 1e6, b["mean_ms"]) for b in r["budgets"])
+                ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1.2, color=color, label=label)
+                last = r["budgets"][-1]
+                full_macs = last["mean_macs"] * r["cascade_no_exit_ms"] / last["predicted_ms_from_macs"]
+                ax.plot([full_macs / 1e6], [r["whole_model_ms"]], marker="x", markersize=7, color=color)
+        ax.set_title(f"{key[0]} {key[1]} {key[2]}t", fontsize=8)
+        ax.set_xlabel("mean MACs per image (M)", fontsize=7)
+        ax.set_ylabel("mean ms per image", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="upper left")
+    fig.suptitle("Cascade runner, one image per call: every budget of the manifest (x: whole model)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def main(argv):
     from tf_fusionnet.data.sources import load_dataset
     from tf_fusionnet.export.cascade_runner import load_manifest
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
+    if FLAGS.plot_from:
+        if not FLAGS.plot_out:
+            print("error: --plot_from needs --plot_out", file=sys.stderr)
+            return 2
+        try:
+            results = {os.path.splitext(os.path.basename(p))[0]: json.load(open(p))["results"] for p in FLAGS.plot_from}
+        except (OSError, ValueError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        plot_budgets(results, FLAGS.plot_out)
+        print(f"wrote {FLAGS.plot_out}")
+        return 0
     if not FLAGS.bundle:
         print("error: give at least one --bundle", file=sys.stderr)
         return 2
@@ -317,7 +368,9 @@ def main(argv):
     atomic_write_json(FLAGS.out, {"command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
                                   "machine": machine_info(), "versions": library_versions(), "git_commit": git_commit(),
                                   "results": rows, "int8_vs_float32": speedups})
-    print(f"wrote {FLAGS.out}")
+    plot = os.path.splitext(FLAGS.out)[0] + ".png"
+    plot_budgets({os.path.splitext(os.path.basename(FLAGS.out))[0]: rows}, plot)
+    print(f"wrote {FLAGS.out} and {plot}")
     return 0
 
 
