@@ -101,3 +101,14 @@ def test_report_compares_the_candidate_with_every_baseline(bench, tmp_path):
     assert "+5.00, +7.50 points (2 of 2 at or above)" in text
     assert text.count("paired standard error") == 1 and "0.50 to 0.50 points" in text
     assert text.count("Training wall clock") == 1
+
+
+def test_cascade_latency_plots_every_budget(tmp_path):
+    latency = load_benchmark_script("cascade_latency")
+    row = {"preset": "fusionnet-cifar", "precision": "int8", "threads": 1, "whole_model_ms": 2.0,
+           "cascade_no_exit_ms": 2.2,
+           "budgets": [{"mean_macs": m * 1e6, "mean_ms": 0.04 * m, "predicted_ms_from_macs": 2.2 * m / 63.0}
+                       for m in (17.0, 30.0, 63.0)]}
+    path = tmp_path / "plot.png"
+    latency.plot_budgets({"seven exits": [row], "four exits": [dict(row, whole_model_ms=1.8)]}, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
