@@ -270,3 +270,31 @@ def test_ablation_presets_change_one_contribution(preset, reference, switch, las
         changed["fusion"] = config["fusion"]
     assert changed == switch
     assert exit_macs(model)[-1] / 1e6 == pytest.approx(last_exit_mmacs, abs=0.005)
+
+
+@pytest.mark.parametrize("preset", ["msdnet-tiny", "ranet-tiny"])
+def test_stage_cut_of_some_exits_computes_only_those(preset):
+    from tf_fusionnet.models.stage_cut import cut_stages, node_of
+
+    model = build_model(preset)
+    last = len(model.outputs) - 1
+    kept = [1, last]
+    cut = cut_stages(model, kept)
+    assert len(cut.nodes) == 2 and cut.output_names[-1] == ["logits"]
+    # The heads of the exits left out are in no stage.
+    in_stages = {i for nodes in cut.nodes for i in nodes}
+    for j in set(range(last + 1)) - set(kept):
+        assert id(node_of(model.outputs[j])) not in in_stages
+    # Chained, the stages give the kept exits' logits.
+    x = np.random.default_rng(0).normal(size=(2,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+    full = [np.asarray(o) for o in model(x, training=False)]
+    pool = {"image": x}
+    for k, (ins, outs) in enumerate(zip(cut.inputs, cut.outputs)):
+        feed = [pool[n] for n in cut.input_names[k]]
+        result = keras.Model(ins, outs)(feed if len(feed) > 1 else feed[0], training=False)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        pool.update(zip(cut.output_names[k], (np.asarray(r) for r in result)))
+        np.testing.assert_allclose(pool["logits"], full[kept[k]], atol=1e-5)
+    every, some = exit_macs(model), exit_macs(model, kept)
+    assert exit_macs(model, list(range(last + 1))) == every
+    assert some[0] < every[1] and some[1] < every[-1] and some[0] < some[1]
