@@ -291,7 +291,7 @@ def test_stage_cut_of_some_exits_computes_only_those(preset):
     pool = {"image": x}
     for k, (ins, outs) in enumerate(zip(cut.inputs, cut.outputs)):
         feed = [pool[n] for n in cut.input_names[k]]
-        result = keras.Model(ins, outs)(feed if len(feed) > 1 else feed[0], training=False)
+        result = keras.Model(ins, outs)(feed, training=False)
         result = result if isinstance(result, (list, tuple)) else [result]
         pool.update(zip(cut.output_names[k], (np.asarray(r) for r in result)))
         np.testing.assert_allclose(pool["logits"], full[kept[k]], atol=1e-5)
