@@ -47,6 +47,7 @@ def main(argv):
     from tf_fusionnet.evaluation.runs import load_run
     from tf_fusionnet.export.destination import check_exits, check_export_arguments, check_out_dir
 
+    exits = None
     try:  # before TensorFlow loads: a wrong path or number is answered at once
         run = load_run(FLAGS.run)
         check_out_dir(FLAGS.out, FLAGS.run)
@@ -73,7 +74,7 @@ def main(argv):
             report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
                                    FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
                                    thresholds_from=FLAGS.thresholds_from,
-                                   exits=None if FLAGS.exits is None else [int(e) for e in FLAGS.exits])
+                                   exits=exits)
     except (ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1

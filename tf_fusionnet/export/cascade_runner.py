@@ -93,6 +93,14 @@ def _last_exit_answers(values) -> list[float]:
     return values
 
 
+def _top_probability(logits: np.ndarray) -> tuple[np.ndarray, float]:
+    """One image's logits as float64 and its top softmax probability, with no full softmax:
+    exp(z - max z) is exactly 1.0 at the top class, so 1 / sum(exp(z - max z)) is bit for bit
+    softmax(z).max()."""
+    z = logits.astype(np.float64)
+    return z, 1.0 / np.exp(z - z.max()).sum()
+
+
 def _fail(key: str, expected: str) -> None:
     raise BundleError(f"{MANIFEST}: key {key!r} {expected}")
 
@@ -516,13 +524,10 @@ class CascadeRunner:
             for k in range(self.num_exits):
                 logits = self._run_stage(k, pool, copy=False)
                 last = k == self.num_exits - 1
-                # The top softmax probability, with no full softmax: exp(z - max z) is exactly 1.0 at
-                # the top class, so 1 / sum(exp(z - max z)) is bit for bit softmax(z).max() (float64).
                 # A threshold above 1 cannot be met: the exit is skipped unless it has to answer.
                 z = confidence = None
                 if thresholds[k] <= 1.0:
-                    z = logits[0].astype(np.float64)
-                    confidence = 1.0 / np.exp(z - z.max()).sum()
+                    z, confidence = _top_probability(logits[0])
                 now = time.perf_counter()
                 elapsed = (now - start) * 1e3
                 if costs is not None:
@@ -534,8 +539,7 @@ class CascadeRunner:
                 out_of_time = costs is not None and not last and elapsed + costs[k + 1] > deadline_ms
                 if confident or last or out_of_time:
                     if z is None:
-                        z = logits[0].astype(np.float64)
-                        confidence = 1.0 / np.exp(z - z.max()).sum()
+                        z, confidence = _top_probability(logits[0])
                     result = {"class": int(z.argmax()), "confidence": float(confidence), "exit": k + 1,
                               "macs": self.exit_macs[k], "ms": elapsed}
                     if costs is not None:
