@@ -31,7 +31,9 @@ def _runner_module(bundle_dir):
 def test_bundle_layout_manifest_and_report(bundle):
     b = bundle["bundle"]
     manifest = json.load(open(os.path.join(b, "manifest.json")))
-    assert manifest["format_version"] == 2 and manifest["num_exits"] == 3
+    assert manifest["format_version"] == 3 and manifest["num_exits"] == 3
+    assert [manifest["precisions"][p]["stage_io_dtype"] for p in ("float32", "float16", "int8")] == [
+        "float32", "float32", "int8"]
     # Strict JSON that any phone's parser reads: no NaN/Infinity anywhere, and a digest sidecar.
     raw = open(os.path.join(b, "manifest.json"), "rb").read()
     json.loads(raw, parse_constant=lambda name: pytest.fail(f"{name} in manifest.json"))
@@ -87,6 +89,59 @@ def test_bundle_of_some_exits_skips_the_others_heads(bundle, tmp_path):
     images = load_dataset("sample").test_images[:5]
     full_runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], thresholds=[2.0, 2.0, 0.0])
     assert [r["class"] for r in runner.classify(images)] == [r["class"] for r in full_runner.classify(images)]
+
+
+def test_int8_stages_hand_int8_maps_on_and_answer_as_float_boundaries_do(bundle, tmp_path):
+    """int8 boundaries only skip a dequantise-quantise round trip that gives back the same int8
+    values, so the chain's logits are those of the same stages with float32 inputs and outputs."""
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.export.bundle import export_bundle
+
+    out = str(tmp_path / "float_boundaries")
+    export_bundle(bundle["run"], out, precisions=("int8",), report_images=20, verbose=False, int8_boundaries=False)
+    old_style = _runner_module(out).CascadeRunner(out, precision="int8")
+    assert json.load(open(os.path.join(out, "manifest.json")))["precisions"]["int8"]["stage_io_dtype"] == "float32"
+    runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], precision="int8")
+    for k in range(3):
+        assert all(q is None for q in old_style.stage_input_quantization[k].values())
+        assert all(q is not None for q in runner.stage_input_quantization[k].values())
+        assert all(q is not None for q in runner.stage_output_quantization[k].values())
+    # Every boundary is handed on as it is: a stage's output and its reader's input agree.
+    assert runner._conversions == [{}, {}, {}]
+    images = load_dataset("sample").test_images[:40]
+    x = runner.stage_input(images)
+    assert x.dtype == np.int8
+    # The lookup table per channel gives what quantising the normalised floats gives.
+    from tf_fusionnet.export.cascade_runner import quantize
+
+    np.testing.assert_array_equal(x, quantize(runner.preprocess(images), *runner.stage_input_quantization[0]["image"]))
+    expected = old_style.all_exit_logits(images)
+    got = runner.all_exit_logits(images)
+    steps = np.asarray([q["logits"][0] for q in runner.stage_output_quantization])[:, None, None]
+    assert got.dtype == np.float32 and np.max(np.abs(got - expected) / steps) <= 1.0 + 1e-3
+    assert (got.argmax(2) == expected.argmax(2)).mean() >= 0.95
+    # Floats passed to run_stages (normalised images, as preprocess returns them) are quantised there.
+    np.testing.assert_array_equal(np.stack(runner.run_stages(runner.preprocess(images))), got)
+
+
+def test_quantisation_helpers_follow_tflite():
+    from tf_fusionnet.export import cascade_runner as cr
+
+    x = np.asarray([-3.0, -0.25, -0.15, 0.0, 0.05, 0.15, 0.25, 1.0, 30.0], np.float32)
+    # scale 0.1, zero point 3: x / 0.1 rounded half away from zero, + 3, clamped to int8.
+    np.testing.assert_array_equal(cr.quantize(x, 0.1, 3), [-27, 0, 1, 3, 4, 5, 6, 13, 127])
+    q = np.arange(-128, 128, dtype=np.int8)
+    np.testing.assert_allclose(cr.dequantize(q, 0.5, -10), (q.astype(np.float32) + 10) * 0.5)
+    # Scales that agree to float32 rounding read as one; a real difference does not.
+    assert cr.same_quantization((0.0032295426, -128), (0.0032295417, -128))
+    assert not cr.same_quantization((0.0032, -128), (0.0033, -128))
+    assert not cr.same_quantization((0.0032, -128), (0.0032, -127))
+    assert not cr.same_quantization(None, (0.1, 0)) and cr.same_quantization(None, None)
+    # A tensor written with one quantisation and read with another is converted through floats.
+    requantize = cr._converter((0.1, 0), (0.2, 5))
+    np.testing.assert_array_equal(requantize(np.asarray([10, -10, 127], np.int8)), [10, 0, 69])
+    np.testing.assert_array_equal(cr._converter(None, (0.1, 0))(np.float32([0.26])), [3])
+    np.testing.assert_allclose(cr._converter((0.1, 0), None)(np.int8([3])), [0.3], rtol=1e-6)
 
 
 def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):

@@ -411,6 +411,11 @@ MANIFEST_FAULTS = [
     ("class names not strings", _set(["class_names"], [1, 2]), True, r"'class_names'"),
     ("input shape a string", _set(["input", "shape"], "32x32x3"), True, r"'input.shape'"),
     ("old format version", _set(["format_version"], 1), True, r"format version 1"),
+    ("newer format version", _set(["format_version"], 4), True, r"format version 4.*newer tf_fusionnet"),
+    ("unknown stage tensor type", _set(["precisions", "float32", "stage_io_dtype"], "int4"), True,
+     r"'precisions.float32.stage_io_dtype'"),
+    ("float stages said to be int8", _set(["precisions", "float32", "stage_io_dtype"], "int8"), True,
+     r"stage_1.tflite: its inputs and outputs are not all int8"),
     ("stages list short", _set(["precisions", "float32", "stages"], ["float32/stage_1.tflite"]), True,
      r"'precisions.float32.stages'"),
 ]

@@ -93,6 +93,7 @@ def export_bundle(
     verbose: bool = True,
     thresholds_from: str = "val",
     exits: Sequence[int] | None = None,
+    int8_boundaries: bool = True,
 ) -> dict[str, Any]:
     """Exports a run as a bundle folder (see docs/export.md); returns the report.
 
@@ -113,6 +114,9 @@ def export_bundle(
             fewer stages to chain and fewer exit heads to run; the bundle's exit k is the model's
             exit ``exits[k-1]`` (``model_exits`` in the manifest), and its MACs, thresholds and
             report count only the kept exits.
+        int8_boundaries: int8 stages take and return int8 tensors (the feature maps go from stage
+            to stage without being dequantised and quantised again; the runner quantises the
+            image and dequantises the logits); False: float32 inputs and outputs, as before.
     """
     check_export_arguments(precisions, calibration_images, report_images, thresholds_from)
     start_time = time.time()
@@ -167,7 +171,8 @@ def export_bundle(
                 rep = representative_feed(inputs, calib_feeds[k]) if precision == "int8" else None
                 name = f"{precision}/stage_{k + 1}.tflite"
                 with open(os.path.join(tmp_dir, name), "wb") as f:
-                    f.write(convert_to_tflite(stage, inputs, outputs, precision, rep))
+                    f.write(convert_to_tflite(stage, inputs, outputs, precision, rep,
+                                              integer_io=precision == "int8" and int8_boundaries))
                 files[precision].append(name)
                 _log(verbose, f"  {name}")
             if standalone:
@@ -199,8 +204,9 @@ def export_bundle(
             "model_class": run.config.get("model_class"),
             "num_exits": num_exits,
             "input": {"name": "image", "shape": list(data.image_shape), "dtype": "uint8", "layout": "NHWC",
-                      "model_input_dtype": "float32",
-                      "preprocessing": "x = (pixel - mean) / std per channel, on 0..255 pixel values"},
+                      "preprocessing": "x = (pixel - mean) / std per channel, on 0..255 pixel values; "
+                                       "stages with int8 inputs take x quantised with the scale and zero "
+                                       "point of stage 1's input"},
             "normalization": {"mean": mean.tolist(), "std": std.tolist()},
             "class_names": run.preprocessing.get("class_names"),
             "exit_macs": [int(m) for m in bundle_exit_macs],
@@ -208,12 +214,16 @@ def export_bundle(
             "stages": stage_specs,
             "precisions": {
                 p: {"stages": files[p], "standalone": standalone_files.get(p, []),
+                    "stage_io_dtype": _stage_io_dtype(p, int8_boundaries),
                     "quantization": {
                         "float32": "none",
                         "float16": "float16 weights, float32 compute and I/O",
-                        "int8": f"full-integer int8 weights and activations, float32 inputs/outputs at stage "
-                                f"boundaries (QUANTIZE/DEQUANTIZE inside TFLite); calibrated on "
-                                f"{len(calib_idx)} training-split images",
+                        "int8": "full-integer int8 weights and activations, " + (
+                            "int8 inputs and outputs at stage boundaries (each tensor's scale and zero point "
+                            "are in its .tflite file)"
+                            if int8_boundaries else "float32 inputs/outputs at stage boundaries "
+                            "(QUANTIZE/DEQUANTIZE inside TFLite)") + f"; standalone exit files have float32 "
+                            f"I/O; calibrated on {len(calib_idx)} training-split images",
                     }[p]}
                 for p in precisions
             },
@@ -246,6 +256,10 @@ def export_bundle(
         if os.path.exists(tmp_dir):
             shutil.rmtree(tmp_dir)
     return report
+
+
+def _stage_io_dtype(precision: str, int8_boundaries: bool) -> str:
+    return "int8" if precision == "int8" and int8_boundaries else "float32"
 
 
 def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, report_images, verbose) -> dict:

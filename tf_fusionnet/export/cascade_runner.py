@@ -49,11 +49,16 @@ IMAGE_EXTENSIONS = _portable.IMAGE_EXTENSIONS
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"  # "HEX  manifest.json": `sha256sum -c manifest.sha256` checks it
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Version 3: int8 stages may take and return int8 tensors (``stage_io_dtype``). Version 2 bundles
+# (float32 stage inputs and outputs at every precision) still run.
+READABLE_FORMAT_VERSIONS = (2, 3)
 # Thresholds in the manifest are strict JSON: a number in [0, 1] (exit when the top softmax
 # probability is >= it; 0 means always) or null (never exit at this stage).
 NEVER_EXIT = None
 
+
+STAGE_IO_DTYPES = {"float32": np.float32, "int8": np.int8}
 
 # Stage calls of one classify(batch): large enough for LiteRT's batched kernels, small enough that
 # the padding at the end of a batch costs little.
@@ -113,9 +118,13 @@ def validate_manifest(manifest) -> None:
     """Checks every key the runner reads, naming the first missing or bad one."""
     if not isinstance(manifest, dict):
         _fail("(top level)", "must be a JSON object")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{MANIFEST}: format version {manifest.get('format_version')!r}, this runner reads "
-                          f"{FORMAT_VERSION} (re-export the run with this version of tf_fusionnet)")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
+        newer = _is_number(version) and version > FORMAT_VERSION
+        raise BundleError(f"{MANIFEST}: format version {version!r}, this runner reads "
+                          f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} ("
+                          + ("use the cascade_runner.py inside the bundle, or a newer tf_fusionnet)" if newer else
+                             "re-export the run with this version of tf_fusionnet)"))
     k = manifest.get("num_exits")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         _fail("num_exits", "must be an integer >= 1")
@@ -148,6 +157,8 @@ def validate_manifest(manifest) -> None:
         stages = entry.get("stages") if isinstance(entry, dict) else None
         if not (isinstance(stages, list) and len(stages) == k and all(isinstance(f, str) for f in stages)):
             _fail(f"precisions.{name}.stages", f"must be a list of {k} file names")
+        if entry.get("stage_io_dtype", "float32") not in STAGE_IO_DTYPES:
+            _fail(f"precisions.{name}.stage_io_dtype", f"must be one of {', '.join(STAGE_IO_DTYPES)}")
     table = manifest.get("thresholds")
     if not isinstance(table, list):
         _fail("thresholds", "must be a list")
@@ -227,6 +238,51 @@ def thresholds_for_budget(manifest: dict, budget: float) -> dict:
     return fitting[-1]
 
 
+def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """float -> int8 as TFLite's QUANTIZE computes it: x / scale in float32, rounded half away
+    from zero, plus the zero point, clamped to [-128, 127]."""
+    y = (np.asarray(x, np.float32) / np.float32(scale)).astype(np.float64)
+    q = np.trunc(y + np.copysign(0.5, y)) + zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """int8 -> float32 as TFLite's DEQUANTIZE: scale * (q - zero_point)."""
+    return (np.asarray(q, np.int32) - zero_point).astype(np.float32) * np.float32(scale)
+
+
+def same_quantization(a: tuple[float, int] | None, b: tuple[float, int] | None) -> bool:
+    """Whether a tensor written with quantisation ``a`` reads as ``b`` without conversion (None: float32).
+
+    A stage's int8 output and the next stage's input are calibrated on the same float activations,
+    so their scales agree to float32 rounding (relative 1e-7 measured), not bit for bit. Within a
+    relative 1e-6 and with one zero point, dequantising and quantising again gives back every
+    int8 value (|q - zero point| <= 255, so the value moves by under 3e-4 of a step)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a[1] == b[1] and abs(a[0] - b[0]) <= 1e-6 * abs(b[0])
+
+
+def _converter(source: tuple[float, int] | None, target: tuple[float, int] | None):
+    """The function that turns a tensor quantised as ``source`` into one quantised as ``target``."""
+    if source is None:
+        return lambda x: quantize(x, *target)
+    if target is None:
+        return lambda q: dequantize(q, *source)
+    return lambda q: quantize(dequantize(q, *source), *target)
+
+
+def _tensor_quantization(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of a stage's int8 tensor, None for a float32 one."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.int8:
+        scale, zero_point = detail["quantization"]
+        return float(scale), int(zero_point)
+    if dtype != np.float32:
+        raise ValueError(f"tensor of type {dtype}; stages take and return float32 or int8")
+    return None
+
+
 class CascadeRunner:
     """Runs the stages of a bundle with early exit.
 
@@ -269,6 +325,13 @@ class CascadeRunner:
         self.channels = self.input_shape[2]
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
         self.std = np.asarray(self.manifest["normalization"]["std"], np.float32)
+        # int8 stage 1: each channel's 256 pixel values, normalised and quantised once, so an image
+        # becomes int8 in one lookup per channel instead of five float passes.
+        self._image_table = None
+        if self._image_quantization is not None:
+            pixels = np.arange(256, dtype=np.float32)[:, None]
+            self._image_table = np.ascontiguousarray(
+                quantize((pixels - self.mean) / self.std, *self._image_quantization).T)
         if thresholds is not None:
             values = [float(t) for t in thresholds]
             if any(math.isnan(t) for t in values):
@@ -318,6 +381,9 @@ class CascadeRunner:
         # 1.14-1.43x to 1.05-1.30x (docs/export.md).
         self.interpreters = []
         self.stage_inputs, self.stage_outputs = [], []
+        # (scale, zero point) of every int8 input and output, None for float32 ones.
+        self.stage_input_quantization: list[dict] = []
+        self.stage_output_quantization: list[dict] = []
         for name in files:
             try:
                 interpreter = Interpreter(model_path=os.path.join(bundle, name), num_threads=threads)
@@ -325,12 +391,20 @@ class CascadeRunner:
                 signature = interpreter.get_signature_runner("serve")
                 inputs = {n: d["index"] for n, d in signature.get_input_details().items()}
                 outputs = {n: d["index"] for n, d in signature.get_output_details().items()}
+                in_quant = {n: _tensor_quantization(d) for n, d in signature.get_input_details().items()}
+                out_quant = {n: _tensor_quantization(d) for n, d in signature.get_output_details().items()}
                 del signature
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
+            io_dtype = self.manifest["precisions"][self.precision].get("stage_io_dtype", "float32")
+            if any((q is not None) != (io_dtype == "int8") for q in [*in_quant.values(), *out_quant.values()]):
+                raise BundleError(f"{os.path.join(bundle, name)}: its inputs and outputs are not all {io_dtype}, "
+                                  "as the manifest's stage_io_dtype says")
             self.interpreters.append(interpreter)
             self.stage_inputs.append(inputs)
             self.stage_outputs.append(outputs)
+            self.stage_input_quantization.append(in_quant)
+            self.stage_output_quantization.append(out_quant)
         self._stage_batch = [None] * len(files)  # the batch size each interpreter is allocated for
         # A stage reads named tensors returned by any earlier stage (RANet reads several stages
         # back), so the runner keeps a pool of them and drops each after its last reader.
@@ -341,6 +415,18 @@ class CascadeRunner:
                 raise BundleError(f"{os.path.join(bundle, name)} reads {', '.join(missing)}, which no earlier "
                                   "stage returns")
             available |= set(self.stage_outputs[k])
+        # int8 stages hand their feature maps on as int8. A tensor whose reader expects another
+        # quantisation than its writer gave it (not seen in exported bundles; see
+        # same_quantization) is converted on the way, and so is the image when a caller passes
+        # floats to int8 stages.
+        self._image_quantization = self.stage_input_quantization[0]["image"]
+        written = {"image": self._image_quantization}
+        self._conversions: list[dict] = []
+        for k in range(len(files)):
+            self._conversions.append({n: _converter(written[n], q) for n, q in self.stage_input_quantization[k].items()
+                                      if not same_quantization(written[n], q)})
+            written.update(self.stage_output_quantization[k])
+        self._logits_quantization = [q["logits"] for q in self.stage_output_quantization]
         last_reader: dict[str, int] = {}
         for k, names in enumerate(self.stage_inputs):
             for n in names:
@@ -349,18 +435,34 @@ class CascadeRunner:
 
     # -- inputs -----------------------------------------------------------------
 
-    def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> normalised float32, checking the shape."""
+    def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise BundleError(f"images of shape {tuple(images.shape[1:])}, the model takes "
                               f"{'x'.join(map(str, self.input_shape))} (HxWxC)")
-        x = images.astype(np.float32)  # a new array: normalised in place, one pass per operation
+        return images
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> normalised float32, checking the shape."""
+        x = self._checked(images).astype(np.float32)  # a new array: normalised in place, one pass per operation
         np.subtract(x, self.mean, out=x)
         np.divide(x, self.std, out=x)
         return x
+
+    def stage_input(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> what stage 1 reads: :meth:`preprocess`'s float32, or for int8
+        stages the same quantised with stage 1's input scale and zero point."""
+        if self._image_table is None:
+            return self.preprocess(images)
+        images = self._checked(images)
+        if images.dtype != np.uint8:
+            return quantize(self.preprocess(images), *self._image_quantization)
+        out = np.empty(images.shape, np.int8)
+        for c in range(images.shape[3]):
+            np.take(self._image_table[c], images[..., c], out=out[..., c])
+        return out
 
     def _run_stage(self, k: int, pool: dict, copy: bool = True) -> np.ndarray:
         """Runs stage k on the tensors of ``pool`` it reads; adds what it returns, drops what no later
@@ -377,17 +479,27 @@ class CascadeRunner:
                 interpreter.resize_tensor_input(index, pool[name].shape)
             interpreter.allocate_tensors()
             self._stage_batch[k] = n
-        for name, index in inputs.items():
-            interpreter.set_tensor(index, pool[name])
+        conversions = self._conversions[k]
+        if conversions:
+            for name, index in inputs.items():
+                interpreter.set_tensor(index, conversions[name](pool[name]) if name in conversions else pool[name])
+        else:
+            for name, index in inputs.items():
+                interpreter.set_tensor(index, pool[name])
         interpreter.invoke()
         for name, index in self.stage_outputs[k].items():
             pool[name] = interpreter.get_tensor(index) if copy else interpreter.tensor(index)()
         for name in self._dead_after[k]:
             pool.pop(name, None)
-        return pool.pop("logits")
+        logits = pool.pop("logits")
+        quantization = self._logits_quantization[k]
+        return logits if quantization is None else dequantize(logits, *quantization)
 
     def run_stages(self, x: np.ndarray) -> list[np.ndarray]:
-        """Logits of every exit for normalised images ``x``, running every stage."""
+        """Logits of every exit for images ``x`` as :meth:`stage_input` or :meth:`preprocess`
+        returns them (normalised float32 is quantised here for int8 stages), running every stage."""
+        if self._image_quantization is not None and x.dtype != np.int8:
+            x = quantize(x, *self._image_quantization)
         pool = {"image": x}
         return [self._run_stage(k, pool) for k in range(len(self.interpreters))]
 
@@ -395,7 +507,7 @@ class CascadeRunner:
 
     def all_exit_logits(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
         """(K, N, classes) logits of every exit, running every stage on every image."""
-        x = self.preprocess(images)
+        x = self.stage_input(images)
         per_batch = []
         for start in range(0, len(x), batch_size):
             per_batch.append(np.stack(self.run_stages(x[start:start + batch_size])))
@@ -411,7 +523,7 @@ class CascadeRunner:
         returns the answer of the last exit it reached.
         """
         start = time.perf_counter()
-        x = self.preprocess(images)
+        x = self.stage_input(images)
         if deadline_ms is not None or len(x) == 1:
             results = []
             for i in range(len(x)):
@@ -444,7 +556,7 @@ class CascadeRunner:
         """
         if batch_size < 1:
             raise BundleError(f"batch_size must be >= 1, got {batch_size}")
-        return self._stream((self.preprocess(b) for b in batches), batch_size)
+        return self._stream((self.stage_input(b) for b in batches), batch_size)
 
     def _stream(self, batches: Iterable[np.ndarray], batch_size: int) -> Iterator[tuple[int, dict]]:
         # A queue entry is (index, start, upper, pool, rows): images index[i] (which arrived at

@@ -70,6 +70,7 @@ def convert_to_tflite(
     output_names: Sequence[str],
     precision: str,
     representative: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
+    integer_io: bool = False,
 ) -> bytes:
     """Converts a (sub)model through ``keras.export.ExportArchive`` and a SavedModel.
 
@@ -79,8 +80,11 @@ def convert_to_tflite(
     signature ``serve``.
 
     int8 is full-integer quantisation (weights and activations) calibrated on
-    ``representative``, with float32 inputs and outputs: the (de)quantisation
-    at stage boundaries runs inside TFLite, not in numpy.
+    ``representative``. Its inputs and outputs are float32 (QUANTIZE/DEQUANTIZE
+    inside TFLite), or with ``integer_io`` int8 themselves, each with its own
+    scale and zero point: chained stages then hand their int8 feature maps on
+    as they are, instead of dequantising them at the end of one stage and
+    quantising them again at the start of the next.
     """
     import tensorflow as tf
 
@@ -112,6 +116,9 @@ def convert_to_tflite(
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if integer_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
         return converter.convert()
 
 
