@@ -330,8 +330,9 @@ class CascadeRunner:
         self._image_table = None
         if self._image_quantization is not None:
             pixels = np.arange(256, dtype=np.float32)[:, None]
-            self._image_table = np.ascontiguousarray(
-                quantize((pixels - self.mean) / self.std, *self._image_quantization).T)
+            # Entry 256 * c + v is channel c's pixel value v: one add and one take per image.
+            self._image_table = quantize((pixels - self.mean) / self.std, *self._image_quantization).T.reshape(-1)
+            self._channel_offsets = (256 * np.arange(self.channels)).astype(np.uint16)
         if thresholds is not None:
             values = [float(t) for t in thresholds]
             if any(math.isnan(t) for t in values):
@@ -459,14 +460,12 @@ class CascadeRunner:
         images = self._checked(images)
         if images.dtype != np.uint8:
             return quantize(self.preprocess(images), *self._image_quantization)
-        out = np.empty(images.shape, np.int8)
-        for c in range(images.shape[3]):
-            np.take(self._image_table[c], images[..., c], out=out[..., c])
-        return out
+        return self._image_table.take(np.add(images, self._channel_offsets, dtype=np.uint16))
 
-    def _run_stage(self, k: int, pool: dict, copy: bool = True) -> np.ndarray:
+    def _run_stage(self, k: int, pool: dict, copy: bool = True, dequantized: bool = True) -> np.ndarray:
         """Runs stage k on the tensors of ``pool`` it reads; adds what it returns, drops what no later
-        stage reads, and returns its exit's logits.
+        stage reads, and returns its exit's logits (as the stage returns them, int8 for int8
+        stages, with ``dequantized=False``; :meth:`_float_logits` converts them).
 
         ``copy=False`` adds views of the interpreter's output buffers instead of copies. They hold
         until stage k runs again, and LiteRT refuses to run it while one is alive: only for a
@@ -492,6 +491,9 @@ class CascadeRunner:
         for name in self._dead_after[k]:
             pool.pop(name, None)
         logits = pool.pop("logits")
+        return self._float_logits(k, logits) if dequantized else logits
+
+    def _float_logits(self, k: int, logits: np.ndarray) -> np.ndarray:
         quantization = self._logits_quantization[k]
         return logits if quantization is None else dequantize(logits, *quantization)
 
@@ -634,12 +636,12 @@ class CascadeRunner:
         logits = None
         try:
             for k in range(self.num_exits):
-                logits = self._run_stage(k, pool, copy=False)
+                logits = self._run_stage(k, pool, copy=False, dequantized=False)
                 last = k == self.num_exits - 1
                 # A threshold above 1 cannot be met: the exit is skipped unless it has to answer.
                 z = confidence = None
                 if thresholds[k] <= 1.0:
-                    z, confidence = _top_probability(logits[0])
+                    z, confidence = _top_probability(self._float_logits(k, logits[0]))
                 now = time.perf_counter()
                 elapsed = (now - start) * 1e3
                 if costs is not None:
@@ -651,7 +653,7 @@ class CascadeRunner:
                 out_of_time = costs is not None and not last and elapsed + costs[k + 1] > deadline_ms
                 if confident or last or out_of_time:
                     if z is None:
-                        z, confidence = _top_probability(logits[0])
+                        z, confidence = _top_probability(self._float_logits(k, logits[0]))
                     result = {"class": int(z.argmax()), "confidence": float(confidence), "exit": k + 1,
                               "macs": self.exit_macs[k], "ms": elapsed}
                     if costs is not None:
