@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -95,6 +96,51 @@ def test_models_saved_with_keras_batch_norm_still_load(tmp_path, monkeypatch):
     loaded.save(new_path)  # and what is saved now loads where Keras's layer is used
     monkeypatch.setattr(blocks, "FusedBatchNormalization", keras.layers.BatchNormalization)
     np.testing.assert_allclose(keras.saving.load_model(new_path)(x)[0], loaded(x)[0], atol=1e-5)
+
+
+def test_runs_saved_while_the_fused_layer_had_its_own_class_name_load(tmp_path, monkeypatch):
+    """From a5171dd to 1101940 the fused layer was the class FusedBatchNormalization, so its weights
+    were saved as layers/fused_batch_normalization_N: evaluation, export and resume read them."""
+    from tf_fusionnet.evaluation.runs import _load_with_legacy_layer_names
+    from tf_fusionnet.models import blocks
+    from tf_fusionnet.models.legacy_weights import renamed_copy
+    from tf_fusionnet.presets import build_model
+    from tf_fusionnet.training.callbacks import AtomicBackupAndRestore
+
+    class FusedBatchNormalization(blocks.FusedBatchNormalization):  # the old class name
+        pass
+
+    monkeypatch.setattr(blocks, "FusedBatchNormalization", FusedBatchNormalization)
+    old = build_model("fusionnet-tiny")
+    x = np.random.RandomState(0).randn(4, 32, 32, 3).astype("float32")
+    for i, layer in enumerate(l for l in old.layers if isinstance(l, keras.layers.BatchNormalization)):
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.01 * i, "float32"))
+        layer.moving_variance.assign(np.full(layer.moving_variance.shape, 1.0 + 0.1 * i, "float32"))
+    path, weights = str(tmp_path / "model.keras"), str(tmp_path / "latest.weights.h5")
+    old.save(path)
+    old.compile(optimizer=keras.optimizers.SGD(momentum=0.9))  # a backup holds the optimizer's state too
+    old.optimizer.build(old.trainable_variables)
+    old.save_weights(weights)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="could not be loaded"):
+        keras.saving.load_model(path, safe_mode=True, compile=False)
+    loaded = _load_with_legacy_layer_names(path)
+    expected = old(x, training=False)
+    for a, b in zip(expected, loaded(x, training=False)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # Resume: the backup callback restores such a weights file through a renamed copy.
+    backup = AtomicBackupAndRestore(str(tmp_path / "backup"))
+    os.makedirs(backup.backup_dir)
+    shutil.copyfile(weights, backup._weights_path)
+    fresh = build_model("fusionnet-tiny")
+    fresh.compile(optimizer=keras.optimizers.SGD(momentum=0.9))
+    backup.set_model(fresh)
+    backup._load_model()
+    for a, b in zip(expected, fresh(x, training=False)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # A file of today's names is not touched, and one with no legacy names gives no copy.
+    fresh.save(str(tmp_path / "today.keras"))
+    assert renamed_copy(str(tmp_path / "today.keras"), str(tmp_path / "backup")) is None
 
 
 def test_crop_and_flip_is_a_shifted_window_of_the_padded_image():

@@ -86,6 +86,23 @@ def load_run_data(run: Run, dataset: str | None = None) -> tuple[ImageDataset, n
     return data, train_idx, val_idx
 
 
+def _load_with_legacy_layer_names(path: str):
+    """The model of a file saved under layer names since renamed (see
+    :mod:`tf_fusionnet.models.legacy_weights`), or None if that is not why it failed to load."""
+    import tempfile
+
+    import keras
+
+    from tf_fusionnet.models.legacy_weights import renamed_copy
+
+    with tempfile.TemporaryDirectory(prefix="tf_fusionnet_legacy_") as tmp:
+        try:
+            copy = renamed_copy(path, tmp)
+            return None if copy is None else keras.saving.load_model(copy, safe_mode=True, compile=False)
+        except Exception:
+            return None
+
+
 def load_checkpoint(run: Run, checkpoint: str = "model"):
     """Loads a run's model and checks it is the architecture the run describes."""
     import keras
@@ -101,7 +118,9 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
         # compile=False: evaluation needs no optimizer (nor the training package's TorchSGD).
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:
-        raise RunError(f"{path}: not a loadable Keras model ({str(error).splitlines()[0][:200]})") from None
+        model = _load_with_legacy_layer_names(path)
+        if model is None:
+            raise RunError(f"{path}: not a loadable Keras model ({str(error).splitlines()[0][:200]})") from None
     # A run written before an architecture argument existed was built with its legacy value.
     saved = {**getattr(type(model), "_LEGACY_DEFAULTS", {}), **run.config["model_config"]}
     expected = {k: v for k, v in saved.items() if k not in ("name", "trainable")}

@@ -30,6 +30,25 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
 
+    def _load_model(self):
+        try:
+            super()._load_model()
+        except ValueError:
+            # A backup saved under a layer name since renamed: resume from a renamed copy.
+            import tempfile
+
+            from tf_fusionnet.models.legacy_weights import renamed_copy
+
+            with tempfile.TemporaryDirectory(prefix="tf_fusionnet_legacy_") as tmp:
+                copy = renamed_copy(self._weights_path, tmp) if os.path.exists(self._weights_path) else None
+                if copy is None:
+                    raise
+                original, self._weights_path = self._weights_path, copy
+                try:
+                    super()._load_model()
+                finally:
+                    self._weights_path = original
+
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         with atomic_path(self._weights_path) as tmp:
