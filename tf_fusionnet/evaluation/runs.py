@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from typing import Any
 
@@ -114,13 +115,20 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
         raise RunError(f"{path}: missing (has the run finished an epoch?)")
     if not os.path.isfile(path) or not zipfile.is_zipfile(path):
         raise RunError(f"{path}: corrupt or not a Keras model file (a .keras file is a zip archive)")
-    try:
-        # compile=False: evaluation needs no optimizer (nor the training package's TorchSGD).
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as error:
-        model = _load_with_legacy_layer_names(path)
-        if model is None:
-            raise RunError(f"{path}: not a loadable Keras model ({str(error).splitlines()[0][:200]})") from None
+    # Keras warns about every group it cannot match before it fails; those warnings are shown
+    # only if the file is not one the legacy-name path below reads.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # compile=False: evaluation needs no optimizer (nor the training package's TorchSGD).
+            model, failure = keras.saving.load_model(path, safe_mode=True, compile=False), None
+        except Exception as error:
+            model, failure = _load_with_legacy_layer_names(path), error
+    if model is None or failure is None:
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if model is None:
+        raise RunError(f"{path}: not a loadable Keras model ({str(failure).splitlines()[0][:200]})") from None
     # A run written before an architecture argument existed was built with its legacy value.
     saved = {**getattr(type(model), "_LEGACY_DEFAULTS", {}), **run.config["model_config"]}
     expected = {k: v for k, v in saved.items() if k not in ("name", "trainable")}
