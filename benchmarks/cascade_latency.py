@@ -47,6 +47,7 @@ flags.DEFINE_integer("repeats", 50, "Timed runs per stage (median reported).")
 flags.DEFINE_integer("images", 300, "Test images for the budget sweep.")
 flags.DEFINE_integer("server_batch", 32, "Batch of the server-mode comparison (0: skip it).")
 flags.DEFINE_integer("server_images", 960, "Test images per server-mode pass.")
+flags.DEFINE_bool("server_only", False, "Only the server-mode comparison (no batch-1 measurements, goals or plot).")
 flags.DEFINE_integer("server_rounds", 5, "Alternating rounds of whole model and server-mode runner.")
 flags.DEFINE_string("out", "benchmarks/results/cascade_latency.json", "Result file (and a .png of the budgets beside it).")
 flags.DEFINE_list("plot_from", None, "Only plot: result files of earlier runs, one curve each, into --plot_out.")
@@ -133,6 +134,9 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
 
     runner = CascadeRunner(bundle, precision=precision, threads=threads)
     manifest = runner.manifest
+    if FLAGS.server_only:
+        return {"bundle": bundle, "preset": manifest["preset"], "precision": precision, "threads": threads,
+                "server_mode": server_mode(runner, manifest, precision, threads, server_images)}
     x = runner.stage_input(test_images[:1])
     feeds, pool = [], {"image": x}
     for k in range(runner.num_exits):
@@ -357,6 +361,9 @@ def main(argv):
     if not FLAGS.bundle:
         print("error: give at least one --bundle", file=sys.stderr)
         return 2
+    if FLAGS.server_only and FLAGS.server_batch < 1:
+        print("error: --server_only needs --server_batch >= 1", file=sys.stderr)
+        return 2
     rows = []
     for bundle in FLAGS.bundle:
         manifest = load_manifest(bundle)
@@ -372,6 +379,12 @@ def main(argv):
                 r["top1_per_exit"] = report["precisions"][precision]["top1"]
                 r["keras_top1_per_exit"] = report["keras_top1"]
                 rows.append(r)
+                if FLAGS.server_only:
+                    for m in r["server_mode"]["summary"]:
+                        print(f"{r['preset']:22s} {precision:7s} {threads}t  server mode, batch {FLAGS.server_batch}, "
+                              f"{m['setting']}: {m['mean_macs'] / 1e6:.2f}M MACs, {m['median_over_whole']:.2f}x the "
+                              f"whole model's images/s (MACs predict {m['macs_predict_over_whole']:.2f}x)", flush=True)
+                    continue
                 print(f"{r['preset']:22s} {precision:7s} {threads}t  stages "
                       + " ".join(f"{m:.2f}" for m in r["stage_ms"])
                       + f" ms | chained {r['chained_ms']:.2f} ms, whole {r['whole_model_ms']:.2f} ms "
@@ -396,6 +409,14 @@ def main(argv):
                           f"{b['whole_model_ms']:.2f} ms x MAC share (MACs predict {b['predicted_ms_from_macs']:.2f} "
                           f"from the runner's own; saving realised {'-' if share is None else f'{100 * share:.0f}%'})",
                           flush=True)
+    from tf_fusionnet.utils import machine_info
+
+    if FLAGS.server_only:
+        atomic_write_json(FLAGS.out, {"command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
+                                      "machine": machine_info(), "versions": library_versions(),
+                                      "git_commit": git_commit(), "results": rows})
+        print(f"wrote {FLAGS.out}")
+        return 0
     speedups = []
     for r in rows:
         if r["precision"] != "int8":
@@ -416,7 +437,6 @@ def main(argv):
     for s in speedups:
         print(f"{s['preset']:22s} int8 vs float32, {s['threads']}t: {s['int8_speedup_chained']:.2f}x faster, "
               f"largest per-exit top-1 drop {s['max_top1_drop_points']:.2f} points")
-    from tf_fusionnet.utils import machine_info
 
     atomic_write_json(FLAGS.out, {"command": "python " + " ".join(sys.argv), "cpu_count": os.cpu_count(),
                                   "machine": machine_info(), "versions": library_versions(), "git_commit": git_commit(),
