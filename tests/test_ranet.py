@@ -151,9 +151,7 @@ def test_ranet_trains_evaluates_exports_and_cascades(tmp_path):
     assert [e["macs"] for e in summary["anytime"]] == exit_macs(build_model("ranet-tiny"))
     assert os.path.isfile(os.path.join(run, "eval", "anytime.png")) and summary["budgeted"]
     out = str(tmp_path / "bundle")
-    # float32 only, for the suite's time: int8 stages of RANet (RESIZE_BILINEAR included) are
-    # converted by the cifar10_cpu30 smoke run.
-    result = export_bundle(run, out, precisions=("float32",), verbose=False)
+    result = export_bundle(run, out, precisions=("float32", "int8"), report_images=50, verbose=False)
     assert result["precisions"]["float32"]["within_1e-4"]
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["model_class"] == "RANet"
@@ -167,3 +165,15 @@ def test_ranet_trains_evaluates_exports_and_cascades(tmp_path):
     assert [r["exit"] for r in answers] == [3] * 6
     expected = keras.saving.load_model(os.path.join(run, "model.keras"))(runner.preprocess(images))[-1]
     assert [r["class"] for r in answers] == list(np.asarray(expected).argmax(1))
+    # int8: the converter gives two of stage 2's inputs other scales than stage 1 wrote them
+    # with, so the runner requantises them on the way; the logits are still those of the same
+    # stages with float32 boundaries (DEQUANTIZE/QUANTIZE inside TFLite).
+    float_boundaries = str(tmp_path / "bundle_float_boundaries")
+    export_bundle(run, float_boundaries, precisions=("int8",), report_images=50, verbose=False,
+                  int8_boundaries=False)
+    int8_runner = CascadeRunner(out, precision="int8")
+    assert any(int8_runner._conversions), "no boundary to requantise: this test no longer covers it"
+    got = int8_runner.all_exit_logits(images)
+    expected = CascadeRunner(float_boundaries, precision="int8").all_exit_logits(images)
+    steps = np.asarray([q["logits"][0] for q in int8_runner.stage_output_quantization])[:, None, None]
+    assert np.max(np.abs(got - expected) / steps) <= 1.0 + 1e-3

@@ -255,7 +255,9 @@ def same_quantization(a: tuple[float, int] | None, b: tuple[float, int] | None) 
     """Whether a tensor written with quantisation ``a`` reads as ``b`` without conversion (None: float32).
 
     A stage's int8 output and the next stage's input are calibrated on the same float activations,
-    so their scales agree to float32 rounding (relative 3e-7 measured), not bit for bit. Within a
+    so in MSDNet's and FusionNet's bundles their scales agree to float32 rounding (relative 3e-7
+    measured), not bit for bit; in RANet's, the converter gives two of stage 2's inputs other
+    scales than stage 1's outputs, and those are requantised. Within a
     relative 1e-6 and with one zero point, dequantising and quantising again gives back every
     int8 value (|q - zero point| <= 255, so the value moves by under 3e-4 of a step)."""
     if a is None or b is None:
@@ -417,7 +419,7 @@ class CascadeRunner:
                                   "stage returns")
             available |= set(self.stage_outputs[k])
         # int8 stages hand their feature maps on as int8. A tensor whose reader expects another
-        # quantisation than its writer gave it (not seen in exported bundles; see
+        # quantisation than its writer gave it (two of stage 2's inputs in RANet's bundles; see
         # same_quantization) is converted on the way, and so is the image when a caller passes
         # floats to int8 stages.
         self._image_quantization = self.stage_input_quantization[0]["image"]
