@@ -106,6 +106,26 @@ class WholeModel:
         return self.interpreter.get_tensor(self.last_logits)
 
 
+def in_turn_with_whole(runner, whole_runner, images: np.ndarray, between=None) -> tuple[float, float, float, list]:
+    """For each image in turn: the whole model (preprocessing included), ``between()`` if given,
+    then ``runner.classify``, so that drifts of this machine's speed hit them alike. Returns
+    their mean ms per image (``between``'s is 0 without it) and the runner's answers."""
+    whole_times, between_times, runner_times, results = [], [], [], []
+    for img in images:
+        t0 = time.perf_counter()
+        whole_runner(runner.preprocess(img))
+        t1 = time.perf_counter()
+        if between is not None:
+            between()
+        t2 = time.perf_counter()
+        results.append(runner.classify(img)[0])
+        whole_times.append(t1 - t0)
+        between_times.append(t2 - t1)
+        runner_times.append(time.perf_counter() - t2)
+    mean_ms = lambda times: 1e3 * float(np.mean(times))
+    return mean_ms(whole_times), mean_ms(between_times), mean_ms(runner_times), results
+
+
 def _convert_whole_model(manifest: dict, precision: str) -> bytes:
     from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data
     from tf_fusionnet.export.stages import convert_to_tflite, representative_feed
@@ -168,34 +188,18 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
     # tensors handed over: what the split into stages costs inside LiteRT, the runner's floor.
     runner.thresholds = [float("inf")] * runner.num_exits
     runner.classify(test_images[0])  # every stage allocated for one image
-    whole_times, bare_times, no_exit_times = [], [], []
-    for img in test_images:
-        t0 = time.perf_counter()
-        whole_runner(runner.preprocess(img))
-        t1 = time.perf_counter()
+
+    def bare_invokes():
         for interpreter in runner.interpreters:
             interpreter.invoke()
-        t2 = time.perf_counter()
-        runner.classify(img)
-        whole_times.append(t1 - t0)
-        bare_times.append(t2 - t1)
-        no_exit_times.append(time.perf_counter() - t2)
-    whole_ms, no_exit_ms = 1e3 * float(np.mean(whole_times)), 1e3 * float(np.mean(no_exit_times))
-    bare_ms = 1e3 * float(np.mean(bare_times))
+
+    whole_ms, bare_ms, no_exit_ms, _ = in_turn_with_whole(runner, whole_runner, test_images, bare_invokes)
     budgets = []
     for entry in manifest["thresholds"]:
         # Each budget's pass takes turns with the whole model image by image, as above, so the
         # goal's ratio compares times taken in the same seconds.
         runner.thresholds = decode_thresholds(entry["thresholds"])
-        results, budget_whole, budget_times = [], [], []
-        for img in test_images:
-            t0 = time.perf_counter()
-            whole_runner(runner.preprocess(img))
-            t1 = time.perf_counter()
-            results.append(runner.classify(img)[0])
-            budget_whole.append(t1 - t0)
-            budget_times.append(time.perf_counter() - t1)
-        mean_ms, budget_whole_ms = 1e3 * float(np.mean(budget_times)), 1e3 * float(np.mean(budget_whole))
+        budget_whole_ms, _, mean_ms, results = in_turn_with_whole(runner, whole_runner, test_images)
         mean_macs = float(np.mean([r["macs"] for r in results]))
         mac_saving = 1 - mean_macs / full_macs
         share = lambda base: ((1 - mean_ms / base) / mac_saving) if mac_saving > 1e-9 else None

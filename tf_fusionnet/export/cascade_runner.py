@@ -387,19 +387,20 @@ class CascadeRunner:
         # (scale, zero point) of every int8 input and output, None for float32 ones.
         self.stage_input_quantization: list[dict] = []
         self.stage_output_quantization: list[dict] = []
+        io_dtype = self.manifest["precisions"][self.precision].get("stage_io_dtype", "float32")
         for name in files:
             try:
                 interpreter = Interpreter(model_path=os.path.join(bundle, name), num_threads=threads)
                 interpreter.allocate_tensors()
                 signature = interpreter.get_signature_runner("serve")
-                inputs = {n: d["index"] for n, d in signature.get_input_details().items()}
-                outputs = {n: d["index"] for n, d in signature.get_output_details().items()}
-                in_quant = {n: _tensor_quantization(d) for n, d in signature.get_input_details().items()}
-                out_quant = {n: _tensor_quantization(d) for n, d in signature.get_output_details().items()}
+                input_details, output_details = signature.get_input_details(), signature.get_output_details()
                 del signature
+                inputs = {n: d["index"] for n, d in input_details.items()}
+                outputs = {n: d["index"] for n, d in output_details.items()}
+                in_quant = {n: _tensor_quantization(d) for n, d in input_details.items()}
+                out_quant = {n: _tensor_quantization(d) for n, d in output_details.items()}
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
-            io_dtype = self.manifest["precisions"][self.precision].get("stage_io_dtype", "float32")
             if any((q is not None) != (io_dtype == "int8") for q in [*in_quant.values(), *out_quant.values()]):
                 raise BundleError(f"{os.path.join(bundle, name)}: its inputs and outputs are not all {io_dtype}, "
                                   "as the manifest's stage_io_dtype says")
