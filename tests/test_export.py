@@ -144,6 +144,42 @@ def test_quantisation_helpers_follow_tflite():
     np.testing.assert_allclose(cr._converter((0.1, 0), None)(np.int8([3])), [0.3], rtol=1e-6)
 
 
+def test_one_image_answers_as_the_batch_path_does(bundle):
+    """One image's answer comes from a Python list (a few classes) or numpy (many); both give the
+    batch path's class, the first of tied top logits, and its confidence to rounding."""
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.export import cascade_runner as cr
+
+    rng = np.random.default_rng(0)
+    for classes in (3, 10, cr.PYTHON_TOP_MAX_CLASSES, 100):
+        for _ in range(20):
+            z = rng.normal(scale=4.0, size=classes).astype(np.float32)
+            z[rng.integers(classes)] = z.max()  # a tie for the top: the first one answers
+            answer, confidence = cr._top_class_and_confidence(z.tolist())
+            assert answer == int(np.argmax(z))
+            assert confidence == pytest.approx(float(cr.softmax(z).max()), rel=1e-14)
+    images = load_dataset("sample").test_images[:12]
+    for precision in ("float32", "int8"):
+        runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], precision=precision)
+        assert runner._python_top  # 10 classes
+        # The pixel lookup gives stage 1 the same values as the float passes, bit for bit.
+        x = runner.stage_input(images)
+        expected = runner.preprocess(images)
+        if precision == "int8":
+            expected = cr.quantize(expected, *runner.stage_input_quantization[0]["image"])
+        np.testing.assert_array_equal(x, expected)
+        # Stage calls of one image, as classify makes them (a batch may round differently).
+        logits = np.stack([np.stack(runner.run_stages(runner.stage_input(img)))[:, 0] for img in images], axis=1)
+        for python_top in (True, False):
+            runner._python_top = python_top
+            for k in range(runner.num_exits):
+                runner.thresholds = [0.0 if j == k else 2.0 for j in range(runner.num_exits)]
+                one = [runner.classify(img)[0] for img in images]
+                assert [r["exit"] for r in one] == [k + 1] * len(images)
+                assert [r["class"] for r in one] == logits[k].argmax(1).tolist()
+                np.testing.assert_allclose([r["confidence"] for r in one], cr.softmax(logits[k]).max(1), rtol=1e-12)
+
+
 def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
     from tf_fusionnet.data.sources import load_dataset
     from tf_fusionnet.evaluation.budgeted import exit_indices, exit_proportions, fit_thresholds
