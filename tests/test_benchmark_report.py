@@ -1,7 +1,9 @@
 """The CIFAR-10 benchmark's report: matched-cost comparison of two models' curves."""
 
 import json
+import time
 
+import numpy as np
 import pytest
 from conftest import load_benchmark_script
 
@@ -110,5 +112,36 @@ def test_cascade_latency_plots_every_budget(tmp_path):
            "budgets": [{"mean_macs": m * 1e6, "mean_ms": 0.04 * m, "predicted_ms_from_macs": 2.2 * m / 63.0}
                        for m in (17.0, 30.0, 63.0)]}
     path = tmp_path / "plot.png"
-    latency.plot_budgets({"seven exits": [row], "four exits": [dict(row, whole_model_ms=1.8)]}, str(path))
+    with_floor = dict(row, budgets=[dict(b, bare_invokes_ms=0.9 * b["mean_ms"]) for b in row["budgets"]])
+    latency.plot_budgets({"seven exits": [row], "four exits": [dict(with_floor, whole_model_ms=1.8)]}, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_cascade_latency_times_the_floor_after_each_answer():
+    """in_turn_with_whole hands each image's answer to the floor, so the bare invokes run the
+    stages that image ran, and returns the three means in the order the caller unpacks them."""
+    latency = load_benchmark_script("cascade_latency")
+    calls = []
+
+    class Runner:
+        def preprocess(self, img):
+            calls.append(("preprocess", int(img)))
+            return img
+
+        def classify(self, img):
+            calls.append(("classify", int(img)))
+            return [{"exit": int(img) + 1}]
+
+    def whole(x):
+        calls.append(("whole", int(x)))
+        time.sleep(0.004)
+
+    def floor(answer):
+        calls.append(("floor", answer["exit"]))
+        time.sleep(0.002)
+
+    whole_ms, floor_ms, runner_ms, answers = latency.in_turn_with_whole(Runner(), whole, np.arange(3), floor)
+    assert calls[:4] == [("preprocess", 0), ("whole", 0), ("classify", 0), ("floor", 1)]
+    assert [a["exit"] for a in answers] == [1, 2, 3] and calls[-1] == ("floor", 3)
+    assert whole_ms > floor_ms >= 2.0 > runner_ms
+    assert latency.in_turn_with_whole(Runner(), whole, np.arange(2))[1] == 0.0
