@@ -119,7 +119,8 @@ def test_cascade_latency_plots_every_budget(tmp_path):
 
 def test_cascade_latency_times_the_floor_after_each_answer():
     """in_turn_with_whole hands each image's answer to the floor, so the bare invokes run the
-    stages that image ran, and returns the three means in the order the caller unpacks them."""
+    stages that image ran, runs the whole model before the runner and before the floor, and
+    returns the three means in the order the caller unpacks them."""
     latency = load_benchmark_script("cascade_latency")
     calls = []
 
@@ -141,7 +142,9 @@ def test_cascade_latency_times_the_floor_after_each_answer():
         time.sleep(0.002)
 
     whole_ms, floor_ms, runner_ms, answers = latency.in_turn_with_whole(Runner(), whole, np.arange(3), floor)
-    assert calls[:4] == [("preprocess", 0), ("whole", 0), ("classify", 0), ("floor", 1)]
+    # The runner and the floor each right after the whole model, never the floor after the runner.
+    assert calls[:7] == [("preprocess", 0), ("whole", 0), ("classify", 0), ("preprocess", 0), ("whole", 0),
+                         ("floor", 1), ("preprocess", 1)]
     assert [a["exit"] for a in answers] == [1, 2, 3] and calls[-1] == ("floor", 3)
     assert whole_ms > floor_ms >= 2.0 > runner_ms
     assert latency.in_turn_with_whole(Runner(), whole, np.arange(2))[1] == 0.0
