@@ -108,7 +108,7 @@ def _top_probability(logits: np.ndarray) -> tuple[np.ndarray, float]:
 
 # Up to this many classes, one image's answer is computed on a Python list: with numpy's fixed
 # cost per call, 10 logits took 24.5 us in numpy and 9.6 us as a list (100: 18.5 and 24.4 us;
-# /work/notes/top_scale.py, interleaved, 2-core EPYC).
+# interleaved on a 2-core EPYC, docs/export.md).
 PYTHON_TOP_MAX_CLASSES = 32
 
 
@@ -510,26 +510,23 @@ class CascadeRunner:
 
     def _hand_on(self, k: int, pool: dict, copy: bool) -> None:
         """Adds to ``pool`` what stage k (just run) returns besides its logits, and drops what no
-        later stage reads. ``copy=False``: views of the interpreter's buffers (see :meth:`_run_stage`)."""
+        later stage reads.
+
+        ``copy=False`` adds views of the interpreter's output buffers instead of copies. They hold
+        until stage k runs again, and LiteRT refuses to run it while one is alive: only for a
+        caller that drops the pool before then (one image through the stages)."""
         interpreter = self.interpreters[k]
         for name, index in self._state_outputs[k].items():
             pool[name] = interpreter.get_tensor(index) if copy else interpreter.tensor(index)()
         for name in self._dead_after[k]:
             pool.pop(name, None)
 
-    def _run_stage(self, k: int, pool: dict, copy: bool = True, dequantized: bool = True) -> np.ndarray:
-        """Runs stage k on the tensors of ``pool`` it reads; adds what it returns, drops what no later
-        stage reads, and returns its exit's logits (as the stage returns them, int8 for int8
-        stages, with ``dequantized=False``; :meth:`_float_logits` converts them).
-
-        ``copy=False`` adds views of the interpreter's output buffers instead of copies. They hold
-        until stage k runs again, and LiteRT refuses to run it while one is alive: only for a
-        caller that drops the pool before then (one image through the stages)."""
+    def _run_stage(self, k: int, pool: dict) -> np.ndarray:
+        """Runs stage k on the tensors of ``pool`` it reads; adds copies of what it returns, drops
+        what no later stage reads, and returns its exit's logits as floats."""
         self._invoke(k, pool)
-        self._hand_on(k, pool, copy)
-        interpreter, index = self.interpreters[k], self._logits_index[k]
-        logits = interpreter.get_tensor(index) if copy else interpreter.tensor(index)()
-        return self._float_logits(k, logits) if dequantized else logits
+        self._hand_on(k, pool, copy=True)
+        return self._float_logits(k, self.interpreters[k].get_tensor(self._logits_index[k]))
 
     def _answer(self, k: int, logits: np.ndarray) -> tuple[int, float]:
         """One image's top class and confidence at exit k, from the stage's own (int8 or float) logits."""
