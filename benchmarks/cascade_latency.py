@@ -76,7 +76,8 @@ _WHOLE_CACHE: dict = {}
 
 def whole_model_tflite(manifest: dict, precision: str) -> bytes:
     """The bundle's exits in one TFLite graph, from its source run (same calibration data)."""
-    key = (manifest["source_run"], tuple(manifest.get("model_exits", ())), precision)
+    key = (manifest["source_run"], tuple(manifest.get("model_exits", ())), precision,
+           manifest["input"].get("stage_1_reads", "normalized"))
     if key not in _WHOLE_CACHE:
         _WHOLE_CACHE[key] = _convert_whole_model(manifest, precision)
     return _WHOLE_CACHE[key]
@@ -121,7 +122,7 @@ def in_turn_with_whole(runner, whole_runner, images: np.ndarray, floor=None) -> 
 
     def whole(img):
         t0 = time.perf_counter()
-        whole_runner(runner.preprocess(img))
+        whole_runner(whole_model_input(runner, img))
         whole_times.append(time.perf_counter() - t0)
 
     for img in images:
@@ -138,24 +139,34 @@ def in_turn_with_whole(runner, whole_runner, images: np.ndarray, floor=None) -> 
     return mean_ms(whole_times), mean_ms(floor_times), mean_ms(runner_times), results
 
 
+def whole_model_input(runner, images: np.ndarray) -> np.ndarray:
+    """What the whole model reads: the uint8 pixels where the bundle's stage 1 reads them (the
+    whole model then normalises them in its graph too), else the normalised float32 image."""
+    return runner.stage_input(images) if runner.reads_pixels else runner.preprocess(images)
+
+
 def _convert_whole_model(manifest: dict, precision: str) -> bytes:
     from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data
-    from tf_fusionnet.export.stages import convert_to_tflite, representative_feed
+    from tf_fusionnet.export.stages import convert_to_tflite, pixel_input_model, representative_feed
 
     run = load_run(manifest["source_run"])
     model = load_checkpoint(run, manifest.get("checkpoint", "model"))
+    mean = np.array(run.preprocessing["mean"], np.float32)
+    std = np.array(run.preprocessing["std"], np.float32)
+    pixels = manifest["input"].get("stage_1_reads", "normalized") == "pixels"
     rep = None
     if precision == "int8":
         data, train_idx, _ = load_run_data(run)
         idx = np.sort(np.random.default_rng(0).choice(train_idx, size=min(200, len(train_idx)), replace=False))
-        x = ((data.train_images[idx].astype(np.float32) - np.array(run.preprocessing["mean"], np.float32))
-             / np.array(run.preprocessing["std"], np.float32))
+        x = data.train_images[idx] if pixels else (data.train_images[idx].astype(np.float32) - mean) / std
         rep = representative_feed(["image"], [x])
     exits = [e - 1 for e in manifest.get("model_exits", range(1, len(model.outputs) + 1))]
     if len(exits) < len(model.outputs):  # a bundle of some exits: the whole model runs those heads only
         import keras
 
         model = keras.Model(model.inputs, [model.outputs[e] for e in exits])
+    if pixels:
+        model = pixel_input_model(model, mean, std)
     names = [f"logits_{k + 1}" for k in range(len(exits))]
     return convert_to_tflite(model, ["image"], names, precision, rep)
 
@@ -181,8 +192,8 @@ def bench_bundle(bundle: str, precision: str, threads: int, test_images: np.ndar
 
     chained_ms = median_ms(chained, repeats)
     whole_runner = WholeModel(whole_model_tflite(manifest, precision), threads)
-    x_float = runner.preprocess(test_images[:1])  # the whole model's input: float32 at every precision
-    whole_median_ms = median_ms(lambda: whole_runner(x_float), repeats)
+    x_whole = whole_model_input(runner, test_images[:1])
+    whole_median_ms = median_ms(lambda: whole_runner(x_whole), repeats)
 
     full_macs = manifest["exit_macs"][-1]
 
@@ -287,7 +298,7 @@ def server_mode(runner, manifest: dict, precision: str, threads: int, test_image
 
     batch = FLAGS.server_batch
     images = test_images[:len(test_images) // batch * batch]
-    x = runner.preprocess(images)
+    x = whole_model_input(runner, images)
     whole_runner = WholeModel(whole_model_tflite(manifest, precision), threads)
     whole_runner(x[:batch])  # plans the graph at this batch once, outside the timing
     settings = [("no early exit", [float("inf")] * runner.num_exits, None)] + [

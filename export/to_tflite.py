@@ -31,6 +31,8 @@ flags.DEFINE_enum("thresholds_from", "val", ["val", "train", "none"],
                   "(train: optimistic, for runs without validation data) or not at all (none).")
 flags.DEFINE_list("exits", None, "Exits to keep, e.g. 2,4,7 (default all): fewer stages to chain and fewer "
                   "exit heads to run; the bundle's exit k is the model's k-th listed exit.")
+flags.DEFINE_bool("pixels_in", True, "Stage 1 reads the uint8 image and normalises it in its graph; --nopixels_in: "
+                  "it reads the normalised image, which the runner computes in numpy (as bundles before format 4).")
 flags.DEFINE_bool("int8_boundaries", True, "int8 stages hand their feature maps on as int8 (int8 inputs and "
                   "outputs); --noint8_boundaries: float32 inputs and outputs, (de)quantised inside each stage.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log and the converter's messages.")
@@ -76,7 +78,8 @@ def main(argv):
             report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
                                    FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
                                    thresholds_from=FLAGS.thresholds_from,
-                                   exits=exits, int8_boundaries=FLAGS.int8_boundaries)
+                                   exits=exits, int8_boundaries=FLAGS.int8_boundaries,
+                                   pixels_in=FLAGS.pixels_in)
     except (ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1

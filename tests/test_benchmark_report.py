@@ -125,6 +125,8 @@ def test_cascade_latency_times_the_floor_after_each_answer():
     calls = []
 
     class Runner:
+        reads_pixels = False
+
         def preprocess(self, img):
             calls.append(("preprocess", int(img)))
             return img

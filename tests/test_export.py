@@ -31,7 +31,8 @@ def _runner_module(bundle_dir):
 def test_bundle_layout_manifest_and_report(bundle):
     b = bundle["bundle"]
     manifest = json.load(open(os.path.join(b, "manifest.json")))
-    assert manifest["format_version"] == 3 and manifest["num_exits"] == 3
+    assert manifest["format_version"] == 4 and manifest["num_exits"] == 3
+    assert manifest["input"]["stage_1_reads"] == "pixels"  # normalised in stage 1's graph; checked below
     assert [manifest["precisions"][p]["stage_io_dtype"] for p in ("float32", "float16", "int8")] == [
         "float32", "float32", "int8"]
     # Strict JSON that any phone's parser reads: no NaN/Infinity anywhere, and a digest sidecar.
@@ -104,24 +105,56 @@ def test_int8_stages_hand_int8_maps_on_and_answer_as_float_boundaries_do(bundle,
     runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], precision="int8")
     for k in range(3):
         assert all(q is None for q in old_style.stage_input_quantization[k].values())
-        assert all(q is not None for q in runner.stage_input_quantization[k].values())
+        assert all(q is not None for n, q in runner.stage_input_quantization[k].items() if (k, n) != (0, "image"))
         assert all(q is not None for q in runner.stage_output_quantization[k].values())
     # Every boundary is handed on as it is: a stage's output and its reader's input agree.
     assert runner._conversions == [{}, {}, {}]
     images = load_dataset("sample").test_images[:40]
-    x = runner.stage_input(images)
-    assert x.dtype == np.int8
-    # The lookup table per channel gives what quantising the normalised floats gives.
-    from tf_fusionnet.export.cascade_runner import quantize
-
-    np.testing.assert_array_equal(x, quantize(runner.preprocess(images), *runner.stage_input_quantization[0]["image"]))
+    # Stage 1 reads the pixels as they are (both bundles).
+    assert runner.stage_input(images) is images and runner.stage_input_quantization[0]["image"] is None
     expected = old_style.all_exit_logits(images)
     got = runner.all_exit_logits(images)
     steps = np.asarray([q["logits"][0] for q in runner.stage_output_quantization])[:, None, None]
     assert got.dtype == np.float32 and np.max(np.abs(got - expected) / steps) <= 1.0 + 1e-3
     assert (got.argmax(2) == expected.argmax(2)).mean() >= 0.95
-    # Floats passed to run_stages (normalised images, as preprocess returns them) are quantised there.
-    np.testing.assert_array_equal(np.stack(runner.run_stages(runner.preprocess(images))), got)
+    with pytest.raises(Exception, match="reads uint8 pixels") as refused:
+        runner.run_stages(runner.preprocess(images))
+    assert type(refused.value).__name__ == "BundleError"
+
+
+def test_stage_1_reading_pixels_answers_as_a_normalised_input_does(bundle, tmp_path):
+    """The bundle's stage 1 normalises the uint8 pixels in its graph; a bundle exported with
+    pixels_in=False reads the image the runner normalises (and, for int8, quantises through its
+    lookup table). float32 logits agree to rounding, int8 ones to its quantisation."""
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.export.bundle import export_bundle
+    from tf_fusionnet.export.cascade_runner import quantize
+
+    out = str(tmp_path / "normalized")
+    export_bundle(bundle["run"], out, precisions=("float32", "int8"), report_images=20, verbose=False,
+                  pixels_in=False)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["format_version"] == 4 and manifest["input"]["stage_1_reads"] == "normalized"
+    images = load_dataset("sample").test_images[:40]
+    module = _runner_module(out)
+    for precision in ("float32", "int8"):
+        normalized = module.CascadeRunner(out, precision=precision)
+        pixels = module.CascadeRunner(bundle["bundle"], precision=precision)
+        assert not normalized.reads_pixels and pixels.reads_pixels
+        x = normalized.stage_input(images)
+        expected = normalized.preprocess(images)
+        if precision == "int8":  # the lookup table gives what quantising the normalised floats gives
+            assert x.dtype == np.int8
+            expected = quantize(expected, *normalized.stage_input_quantization[0]["image"])
+        np.testing.assert_array_equal(x, expected)  # bit for bit: the same float32 operations
+        got, want = pixels.all_exit_logits(images), normalized.all_exit_logits(images)
+        if precision == "float32":
+            np.testing.assert_allclose(got, want, atol=1e-4)
+        else:
+            assert (got.argmax(2) == want.argmax(2)).mean() >= 0.9
+            assert np.abs(got - want).max() < 0.25 * np.abs(want).max()
+        # Normalised floats still go into run_stages where stage 1 reads them.
+        np.testing.assert_array_equal(np.stack(normalized.run_stages(normalized.preprocess(images))), want)
 
 
 def test_quantisation_helpers_follow_tflite():
@@ -162,12 +195,6 @@ def test_one_image_answers_as_the_batch_path_does(bundle):
     for precision in ("float32", "int8"):
         runner = _runner_module(bundle["bundle"]).CascadeRunner(bundle["bundle"], precision=precision)
         assert runner._python_top  # 10 classes
-        # The pixel lookup gives stage 1 the same values as the float passes, bit for bit.
-        x = runner.stage_input(images)
-        expected = runner.preprocess(images)
-        if precision == "int8":
-            expected = cr.quantize(expected, *runner.stage_input_quantization[0]["image"])
-        np.testing.assert_array_equal(x, expected)
         # Stage calls of one image, as classify makes them (a batch may round differently).
         logits = np.stack([np.stack(runner.run_stages(runner.stage_input(img)))[:, 0] for img in images], axis=1)
         for python_top in (True, False):

@@ -26,6 +26,7 @@ from tf_fusionnet.export.destination import (
 from tf_fusionnet.export.stages import (
     convert_to_tflite,
     exit_models,
+    pixel_input_model,
     representative_feed,
     run_keras_stages,
     stage_models,
@@ -94,6 +95,7 @@ def export_bundle(
     thresholds_from: str = "val",
     exits: Sequence[int] | None = None,
     int8_boundaries: bool = True,
+    pixels_in: bool = True,
 ) -> dict[str, Any]:
     """Exports a run as a bundle folder (see docs/export.md); returns the report.
 
@@ -117,6 +119,9 @@ def export_bundle(
         int8_boundaries: int8 stages take and return int8 tensors (the feature maps go from stage
             to stage without being dequantised and quantised again; the runner quantises the
             image and dequantises the logits); False: float32 inputs and outputs, as before.
+        pixels_in: stage 1 reads the uint8 image and normalises it in its graph, at every
+            precision (the runner hands LiteRT the pixels as they are); False: stage 1 reads the
+            normalised image, as before. Standalone ``exit_k`` files read the normalised image.
     """
     check_export_arguments(precisions, calibration_images, report_images, thresholds_from)
     start_time = time.time()
@@ -168,7 +173,10 @@ def export_bundle(
             files[precision] = []
             for k, stage in enumerate(stages):
                 inputs, outputs = cut.input_names[k], cut.output_names[k]
-                rep = representative_feed(inputs, calib_feeds[k]) if precision == "int8" else None
+                feeds = calib_feeds[k]
+                if k == 0 and pixels_in:
+                    stage, feeds = pixel_input_model(stage, mean, std), [data.train_images[calib_idx]]
+                rep = representative_feed(inputs, feeds) if precision == "int8" else None
                 name = f"{precision}/stage_{k + 1}.tflite"
                 with open(os.path.join(tmp_dir, name), "wb") as f:
                     f.write(convert_to_tflite(stage, inputs, outputs, precision, rep,
@@ -204,9 +212,12 @@ def export_bundle(
             "model_class": run.config.get("model_class"),
             "num_exits": num_exits,
             "input": {"name": "image", "shape": list(data.image_shape), "dtype": "uint8", "layout": "NHWC",
-                      "preprocessing": "x = (pixel - mean) / std per channel, on 0..255 pixel values; "
-                                       "stages with int8 inputs take x quantised with the scale and zero "
-                                       "point of stage 1's input"},
+                      "stage_1_reads": "pixels" if pixels_in else "normalized",
+                      "preprocessing": ("stage 1 reads the uint8 pixels and computes x = (pixel - mean) / std "
+                                        "per channel in its graph" if pixels_in else
+                                        "x = (pixel - mean) / std per channel, on 0..255 pixel values; "
+                                        "stages with int8 inputs take x quantised with the scale and zero "
+                                        "point of stage 1's input")},
             "normalization": {"mean": mean.tolist(), "std": std.tolist()},
             "class_names": run.preprocessing.get("class_names"),
             "exit_macs": [int(m) for m in bundle_exit_macs],

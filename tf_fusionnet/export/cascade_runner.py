@@ -49,16 +49,21 @@ IMAGE_EXTENSIONS = _portable.IMAGE_EXTENSIONS
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"  # "HEX  manifest.json": `sha256sum -c manifest.sha256` checks it
-FORMAT_VERSION = 3
-# Version 3: int8 stages may take and return int8 tensors (``stage_io_dtype``). Version 2 bundles
-# (float32 stage inputs and outputs at every precision) still run.
-READABLE_FORMAT_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+# Version 3: int8 stages may take and return int8 tensors (``stage_io_dtype``). Version 4: stage 1
+# may read the uint8 pixels and normalise them in its graph (``input.stage_1_reads``). Version 2
+# bundles (float32 stage inputs and outputs at every precision) and 3 still run.
+READABLE_FORMAT_VERSIONS = (2, 3, 4)
 # Thresholds in the manifest are strict JSON: a number in [0, 1] (exit when the top softmax
 # probability is >= it; 0 means always) or null (never exit at this stage).
 NEVER_EXIT = None
 
 
 STAGE_IO_DTYPES = ("float32", "int8")  # a precision's stage inputs and outputs (manifest stage_io_dtype)
+# What stage 1 reads (manifest input.stage_1_reads; "normalized" before version 4): the uint8
+# image as it is, normalised inside the graph, or the normalised image (float32, or int8 stages'
+# quantised one) that the runner computes.
+STAGE_1_READS = ("pixels", "normalized")
 
 # Stage calls of one classify(batch): large enough for LiteRT's batched kernels, small enough that
 # the padding at the end of a batch costs little.
@@ -152,6 +157,9 @@ def validate_manifest(manifest) -> None:
             _fail(f"normalization.{part}", f"must be a list of {shape[2]} finite numbers")
     if any(v <= 0 for v in norm["std"]):
         _fail("normalization.std", "must be positive")
+    reads = manifest["input"].get("stage_1_reads", "normalized" if version < 4 else None)
+    if reads not in STAGE_1_READS:
+        _fail("input.stage_1_reads", f"must be one of {', '.join(STAGE_1_READS)}")
     names = manifest.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         _fail("class_names", "must be a list of strings or null")
@@ -294,7 +302,7 @@ def _tensor_quantization(detail: dict) -> tuple[float, int] | None:
         scale, zero_point = detail["quantization"]
         return float(scale), int(zero_point)
     if dtype != np.float32:
-        raise ValueError(f"tensor of type {dtype}; stages take and return float32 or int8")
+        raise ValueError(f"tensor of type {dtype}; stages take and return float32 or int8 (stage 1 may read uint8)")
     return None
 
 
@@ -333,9 +341,10 @@ class CascadeRunner:
         self.input_shape = tuple(self.manifest["input"]["shape"])
         # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2 when it loads and first
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
+        self.reads_pixels = self.manifest["input"].get("stage_1_reads", "normalized") == "pixels"
         with _portable.captured_stderr_fd((BundleError,)):
             self._load_stages(bundle, files, threads)
-            self.run_stages(np.zeros((1,) + self.input_shape, np.float32))
+            self.run_stages(np.zeros((1,) + self.input_shape, np.uint8 if self.reads_pixels else np.float32))
         self.num_exits = len(self.interpreters)
         self.channels = self.input_shape[2]
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
@@ -348,7 +357,7 @@ class CascadeRunner:
         normalised = (pixels - self.mean) / self.std
         if self._image_quantization is not None:
             normalised = quantize(normalised, *self._image_quantization)
-        self._image_table = normalised.T.reshape(-1)
+        self._image_table = normalised.T.reshape(-1)  # unused when stage 1 reads the pixels
         self._channel_offsets = (256 * np.arange(self.channels)).astype(np.uint16)
         if thresholds is not None:
             values = [float(t) for t in thresholds]
@@ -412,11 +421,20 @@ class CascadeRunner:
                 del signature
                 inputs = {n: d["index"] for n, d in input_details.items()}
                 outputs = {n: d["index"] for n, d in output_details.items()}
-                in_quant = {n: _tensor_quantization(d) for n, d in input_details.items()}
+                # Stage 1's image may be the uint8 pixels (normalised in the graph): no quantisation.
+                pixels = {n for n, d in input_details.items() if np.dtype(d["dtype"]) == np.uint8}
+                in_quant = {n: None if n in pixels else _tensor_quantization(d) for n, d in input_details.items()}
                 out_quant = {n: _tensor_quantization(d) for n, d in output_details.items()}
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
-            if any((q is not None) != (io_dtype == "int8") for q in [*in_quant.values(), *out_quant.values()]):
+            path = os.path.join(bundle, name)
+            if pixels - ({"image"} if not self.interpreters else set()):
+                raise BundleError(f"{path}: reads uint8 {', '.join(sorted(pixels))}; only stage 1's image may be uint8")
+            if not self.interpreters and ("image" in pixels) != self.reads_pixels:
+                raise BundleError(f"{path}: stage 1 reads {'uint8 pixels' if pixels else 'a normalised image'}, "
+                                  "not what the manifest's input.stage_1_reads says")
+            checked = [q for n, q in in_quant.items() if n not in pixels] + list(out_quant.values())
+            if any((q is not None) != (io_dtype == "int8") for q in checked):
                 raise BundleError(f"{os.path.join(bundle, name)}: its inputs and outputs are not all {io_dtype}, "
                                   "as the manifest's stage_io_dtype says")
             self.interpreters.append(interpreter)
@@ -481,9 +499,12 @@ class CascadeRunner:
         return x
 
     def stage_input(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> what stage 1 reads: :meth:`preprocess`'s float32, or for int8
-        stages the same quantised with stage 1's input scale and zero point."""
+        """uint8 (N, H, W, C) -> what stage 1 reads: the pixels themselves where it normalises them
+        in its graph (other dtypes rounded to 0..255), else :meth:`preprocess`'s float32, or for
+        int8 stages the same quantised with stage 1's input scale and zero point."""
         images = self._checked(images)
+        if self.reads_pixels:
+            return images if images.dtype == np.uint8 else np.clip(np.rint(images), 0, 255).astype(np.uint8)
         if images.dtype != np.uint8:
             x = self.preprocess(images)
             return x if self._image_quantization is None else quantize(x, *self._image_quantization)
@@ -542,8 +563,11 @@ class CascadeRunner:
         return logits if table is None else table.take(logits.view(np.uint8))
 
     def run_stages(self, x: np.ndarray) -> list[np.ndarray]:
-        """Logits of every exit for images ``x`` as :meth:`stage_input` or :meth:`preprocess`
-        returns them (normalised float32 is quantised here for int8 stages), running every stage."""
+        """Logits of every exit for images ``x`` as :meth:`stage_input` returns them, running every
+        stage. Where stage 1 reads the normalised image, :meth:`preprocess`'s float32 also does
+        (quantised here for int8 stages)."""
+        if self.reads_pixels and x.dtype != np.uint8:
+            raise BundleError("stage 1 of this bundle reads uint8 pixels: pass stage_input(images), not normalised floats")
         if self._image_quantization is not None and x.dtype != np.int8:
             x = quantize(x, *self._image_quantization)
         pool = {"image": x}

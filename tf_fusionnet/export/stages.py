@@ -25,6 +25,17 @@ def stage_models(model: keras.Model, cut: StageCut | None = None) -> list[keras.
     return [keras.Model(ins, outs, name=f"stage_{k + 1}") for k, (ins, outs) in enumerate(zip(cut.inputs, cut.outputs))]
 
 
+def pixel_input_model(stage: keras.Model, mean: np.ndarray, std: np.ndarray) -> keras.Model:
+    """Stage 1 (or a whole model) reading the uint8 image and normalising it in its own graph,
+    ``(x - mean) / std`` per channel, so that a runner hands LiteRT the pixels with no numpy pass
+    (in the benchmark's regime that pass cost 87-113 us per image, docs/export.md)."""
+    if len(stage.inputs) != 1:
+        raise ValueError("a model reading pixels reads the image only")
+    image = keras.Input(tuple(stage.inputs[0].shape[1:]), dtype="uint8", name="image")
+    normalized = keras.layers.Normalization(mean=mean, variance=np.square(std), name="pixel_normalization")(image)
+    return keras.Model(image, stage(normalized), name=f"{stage.name}_from_pixels")
+
+
 def exit_models(model: keras.Model, exits: Sequence[int] | None = None) -> list[keras.Model]:
     """Standalone models from the image to each exit alone (``exits``: 0-based, None: all)."""
     kept = range(len(model.outputs)) if exits is None else exits
@@ -92,7 +103,7 @@ def convert_to_tflite(
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be among {', '.join(PRECISIONS)}, got {precision!r}")
     specs = [
-        tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.float32, name=name)
+        tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.as_dtype(t.dtype), name=name)
         for t, name in zip(model.inputs, input_names)
     ]
 
@@ -136,11 +147,12 @@ def _quiet_converter_logs() -> None:
 
 
 def representative_feed(names: Sequence[str], arrays: Sequence[np.ndarray], batch_size: int = 1):
-    """A representative-dataset callable yielding dicts keyed by input name."""
+    """A representative-dataset callable yielding dicts keyed by input name (float32, or uint8 pixels)."""
 
     def generate():
         for start in range(0, len(arrays[0]), batch_size):
-            yield {name: a[start:start + batch_size].astype(np.float32) for name, a in zip(names, arrays)}
+            yield {name: a[start:start + batch_size].astype(np.uint8 if a.dtype == np.uint8 else np.float32)
+                   for name, a in zip(names, arrays)}
 
     return generate
 
