@@ -140,7 +140,7 @@ def validate_manifest(manifest) -> None:
     if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
         newer = _is_number(version) and version > FORMAT_VERSION
         raise BundleError(f"{MANIFEST}: format version {version!r}, this runner reads "
-                          f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} ("
+                          f"{', '.join(map(str, READABLE_FORMAT_VERSIONS[:-1]))} and {READABLE_FORMAT_VERSIONS[-1]} ("
                           + ("use the cascade_runner.py inside the bundle, or a newer tf_fusionnet)" if newer else
                              "re-export the run with this version of tf_fusionnet)"))
     k = manifest.get("num_exits")
