@@ -28,12 +28,24 @@ def stage_models(model: keras.Model, cut: StageCut | None = None) -> list[keras.
 def pixel_input_model(stage: keras.Model, mean: np.ndarray, std: np.ndarray) -> keras.Model:
     """Stage 1 (or a whole model) reading the uint8 image and normalising it in its own graph,
     ``(x - mean) / std`` per channel, so that a runner hands LiteRT the pixels with no numpy pass
-    (in the benchmark's regime that pass cost 87-113 us per image, docs/export.md)."""
+    (in the benchmark's regime that pass cost 87-113 us per image, docs/export.md).
+
+    The normalisation is a 1x1 depthwise convolution (weights 1/std, bias -mean/std), not a
+    subtraction and a division: in int8 the converter then quantises the pixels with step 1 over
+    0..255 and the normalised image in one rounding (largest error half a step, 0.008). With
+    Keras's ``Normalization`` it gave the pixels a step of 1.49 to cover the subtraction's range
+    too, three roundings in all and errors up to 0.027 (/work/pix/qvariants.py, random images).
+    """
     if len(stage.inputs) != 1:
         raise ValueError("a model reading pixels reads the image only")
+    channels = int(stage.inputs[0].shape[-1])
     image = keras.Input(tuple(stage.inputs[0].shape[1:]), dtype="uint8", name="image")
-    normalized = keras.layers.Normalization(mean=mean, variance=np.square(std), name="pixel_normalization")(image)
-    return keras.Model(image, stage(normalized), name=f"{stage.name}_from_pixels")
+    pixels = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"), name="pixels_as_float")(image)
+    normalize = keras.layers.DepthwiseConv2D(
+        1, use_bias=True, trainable=False, name="pixel_normalization",
+        depthwise_initializer=keras.initializers.Constant((1.0 / std).reshape(1, 1, channels, 1)),
+        bias_initializer=keras.initializers.Constant(-mean / std))
+    return keras.Model(image, stage(normalize(pixels)), name=f"{stage.name}_from_pixels")
 
 
 def exit_models(model: keras.Model, exits: Sequence[int] | None = None) -> list[keras.Model]:
