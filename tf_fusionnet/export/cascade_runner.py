@@ -349,16 +349,18 @@ class CascadeRunner:
         self.channels = self.input_shape[2]
         self.mean = np.asarray(self.manifest["normalization"]["mean"], np.float32)
         self.std = np.asarray(self.manifest["normalization"]["std"], np.float32)
-        # Each channel's 256 pixel values, normalised (and for int8 stages quantised) once, so a
-        # uint8 image becomes stage 1's input in one add and one take (entry 256 * c + v: channel
-        # c, value v) instead of three float passes (five for int8). The same float32 operations
-        # as preprocess, so the same values bit for bit.
-        pixels = np.arange(256, dtype=np.float32)[:, None]
-        normalised = (pixels - self.mean) / self.std
-        if self._image_quantization is not None:
-            normalised = quantize(normalised, *self._image_quantization)
-        self._image_table = normalised.T.reshape(-1)  # unused when stage 1 reads the pixels
-        self._channel_offsets = (256 * np.arange(self.channels)).astype(np.uint16)
+        # Where stage 1 reads the normalised image: each channel's 256 pixel values, normalised
+        # (and for int8 stages quantised) once, so a uint8 image becomes stage 1's input in one add
+        # and one take (entry 256 * c + v: channel c, value v) instead of three float passes (five
+        # for int8). The same float32 operations as preprocess, so the same values bit for bit.
+        self._image_table = self._channel_offsets = None
+        if not self.reads_pixels:
+            pixels = np.arange(256, dtype=np.float32)[:, None]
+            normalised = (pixels - self.mean) / self.std
+            if self._image_quantization is not None:
+                normalised = quantize(normalised, *self._image_quantization)
+            self._image_table = normalised.T.reshape(-1)
+            self._channel_offsets = (256 * np.arange(self.channels)).astype(np.uint16)
         if thresholds is not None:
             values = [float(t) for t in thresholds]
             if any(math.isnan(t) for t in values):
