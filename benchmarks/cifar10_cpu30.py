@@ -422,7 +422,9 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
     main = [j for j in jobs.values() if j["phase"] == "main"]
     if len(main) < 2:
         return []
-    cand, base = main[0], main[-1]  # base: MSDNet, the ablations' reference
+    # base: MSDNet, the ablations' reference. Not the last main run: RANet finishes after it.
+    base = next((j for j in main if j["preset"] == summary.get("baseline_preset")), main[-1])
+    cand = next(j for j in main if j is not base)
     errors = [p["standard_error"] for name, rows in summary.get("paired", {}).items()
               if jobs.get(name, {}).get("phase") == "main" for p in rows]
     spreads = []
@@ -441,24 +443,85 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
              + (f"up to {100 * max(spreads):.2f} points." if spreads else "not measured yet."),
              f"- A difference is read as real only beyond {100 * noise:.2f} points (the larger of two standard "
              "errors and the largest seed spread).", "", "## The paper's claims", ""]
-    for baseline in main[1:]:
+    for baseline in [base] + [j for j in main if j is not base and j is not cand]:
         lines += _claims_against(cand, baseline, noise)
+    return lines + _ablation_verdicts(jobs, cand, base, noise) + [""]
+
+
+# Each ablation preset removes one contribution from its reference (or adds the fusion layer to
+# MSDNet); the contribution's gain is the reference minus the ablation at equal MACs.
+CONTRIBUTIONS = (
+    ("the fusion layer", "fusionnet-cifar-nofusion", "full"),
+    ("the efficient stem (with the width it pays for)", "fusionnet-cifar-msdnetstem", "full"),
+    ("the paper's transition", "fusionnet-cifar-msdnettransition", "full"),
+    ("the fusion layer added to MSDNet", "msdnet-cifar-fusion", "msdnet"),
+)
+# The paper: "each of the two contributions (the fusion layer and the stem layer) result in
+# performance gains of the same order of magnitude". Read as: both gains beyond noise and the
+# larger at most this many times the smaller (their ratio rounds to 10^0 on a log scale).
+SAME_ORDER_FACTOR = 3.0
+
+
+def contribution_gain(ablation: dict, reference: dict, removes: bool = True) -> tuple[float, int] | None:
+    """Mean top-1 gain a contribution brings at equal MACs, and over how many exits.
+
+    Read at the ablation's exits that lie inside the reference's cost range (the reference
+    curve interpolated, never extrapolated). ``removes``: the ablation lacks the contribution
+    (gain = reference - ablation); otherwise it adds it (gain = ablation - reference).
+    """
+    ref = _curve(reference)
+    xs, ys = _curve(ablation)
+    deltas = [y - interpolate(*ref, x) for x, y in zip(xs, ys) if interpolate(*ref, x) is not None]
+    if not deltas:
+        return None
+    mean = float(np.mean(deltas))
+    return (-mean if removes else mean), len(deltas)
+
+
+def same_order_verdict(gain_a: float | None, gain_b: float | None, noise: float,
+                       names: tuple[str, str] = ("the first", "the second")) -> str:
+    """Verdict on "both contributions gain, by the same order of magnitude"."""
+    if gain_a is None or gain_b is None:
+        return "not measured"
+    gains = dict(zip(names, (gain_a, gain_b)))
+    losing = [n for n, g in gains.items() if g < -noise]
+    if losing:
+        return f"not supported ({' and '.join(losing)} costs accuracy beyond noise)"
+    unclear = [n for n, g in gains.items() if g <= noise]
+    if unclear:
+        return f"within noise ({' and '.join(unclear)}: gain not beyond {100 * noise:.2f} points)"
+    ratio = max(gain_a, gain_b) / min(gain_a, gain_b)
+    if ratio <= SAME_ORDER_FACTOR:
+        return f"supported (ratio {ratio:.1f})"
+    return f"not supported (one gain is {ratio:.1f}x the other)"
+
+
+def _ablation_verdicts(jobs: dict, cand: dict, base: dict, noise: float) -> list[str]:
     full = next((j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] == cand["preset"]), None)
     short_base = next((j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] == base["preset"]), None)
-    if full and short_base:
-        lines += [f"Ablation ({full['epochs']} epochs, each read at equal MACs):", ""]
-        refs = {"full": _curve(full), "msdnet": _curve(short_base)}
-        for j in (j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] in ABLATIONS):
-            xs, ys = _curve(j)
-            ref = refs["msdnet"] if j["preset"] == "msdnet-cifar-fusion" else refs["full"]
-            deltas = [y - interpolate(*ref, x) for x, y in zip(xs, ys) if interpolate(*ref, x) is not None]
-            against = "MSDNet" if j["preset"] == "msdnet-cifar-fusion" else "the full FusionNet"
-            if deltas:
-                mean = float(np.mean(deltas))
-                lines.append(f"- `{j['preset']}` against {against} at equal MACs: mean {100 * mean:+.2f} points "
-                             f"over {len(deltas)} exits inside its cost range: "
-                             f"{'beyond noise' if abs(mean) > noise else 'within noise'}.")
-    return lines + [""]
+    if not (full and short_base):
+        return []
+    refs = {"full": full, "msdnet": short_base}
+    runs = {j["preset"]: j for j in jobs.values() if j["phase"] == "ablation"}
+    lines = [f"Ablation ({full['epochs']} epochs; gain = the model with the contribution minus the model "
+             "without it, at equal MACs, mean over the exits inside the reference's cost range):", ""]
+    gains = {}
+    for what, preset, ref in CONTRIBUTIONS:
+        if preset not in runs:
+            continue
+        measured = contribution_gain(runs[preset], refs[ref], removes=ref == "full")
+        if measured is None:
+            continue
+        gain, n = measured
+        gains[preset] = gain
+        against = f"`{preset}` against `{refs[ref]['name']}`"
+        lines.append(f"- Gain of {what} ({against}): {100 * gain:+.2f} points over {n} exits: "
+                     f"{verdict(gain, noise)}.")
+    lines.append("- The fusion layer and the efficient stem give gains of the same order of magnitude "
+                 f"(the larger at most {SAME_ORDER_FACTOR:g}x the smaller, both beyond noise): "
+                 + same_order_verdict(gains.get("fusionnet-cifar-nofusion"), gains.get("fusionnet-cifar-msdnetstem"),
+                                      noise, ("the fusion layer", "the stem")) + ".")
+    return lines
 
 
 # What the paper claims of FusionNet's last exit against each baseline's (CIFAR-10, anytime):

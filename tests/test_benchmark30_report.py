@@ -64,8 +64,53 @@ def test_report_tables_noise_and_claims(bench, tmp_path):
     assert "17.1% cheaper than MSDNet's" in last_exit and last_exit.endswith(": supported.")
     assert "Budgeted ahead at every budget: +2.00 at 20M" in claims
     # 16M lies below the full model's first exit (not extrapolated); 60M: 0.74 against 0.7561.
-    assert "`fusionnet-cifar-nofusion` against the full FusionNet at equal MACs: mean -1.61 points over 1 exits" in claims
-    assert "beyond noise" in claims
+    assert ("- Gain of the fusion layer (`fusionnet-cifar-nofusion` against `fusionnet-cifar-10ep`): "
+            "+1.61 points over 1 exits: supported.") in claims
+    # No stem ablation in this summary: the same-order claim cannot be read.
+    assert "the larger at most 3x the smaller, both beyond noise): not measured." in claims
+
+
+def test_contribution_gains_and_the_same_order_claim(bench):
+    full = _job("f", "ablation", "fusionnet-cifar", [(20, 0.80), (60, 0.84)], epochs=10)
+    without = _job("n", "ablation", "fusionnet-cifar-nofusion", [(10, 0.70), (20, 0.79), (40, 0.80), (70, 0.9)])
+    gain, n = bench.contribution_gain(without, full)  # 20M: 0.80 - 0.79; 40M: 0.82 - 0.80
+    assert n == 2 and gain == pytest.approx(0.015)
+    added = _job("m", "ablation", "msdnet-cifar-fusion", [(20, 0.81), (60, 0.86)])
+    assert bench.contribution_gain(added, full, removes=False)[0] == pytest.approx(0.015)
+    assert bench.contribution_gain(_job("x", "ablation", "p", [(70, 0.9)]), full) is None
+    names = ("fusion", "stem")
+    assert bench.same_order_verdict(0.010, 0.025, 0.005, names) == "supported (ratio 2.5)"
+    assert bench.same_order_verdict(0.004, 0.025, 0.005, names).startswith("within noise (fusion:")
+    assert bench.same_order_verdict(0.010, 0.040, 0.005, names) == "not supported (one gain is 4.0x the other)"
+    assert bench.same_order_verdict(-0.010, 0.040, 0.005, names).startswith("not supported (fusion costs")
+    assert bench.same_order_verdict(None, 0.040, 0.005, names) == "not measured"
+
+
+def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
+    """RANet trains last, so it is the last main run in summary.json; the claims and the ablation
+    are still read against MSDNet, and the ablation's same-order claim is decided."""
+    jobs = {
+        "fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", [(17, 0.80), (63, 0.86)]),
+        "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime",
+                                     [(15, 0.78), (76, 0.83)]),
+        "fusionnet-cifar-10ep": _job("fusionnet-cifar-10ep", "ablation", "fusionnet-cifar",
+                                     [(17, 0.70), (63, 0.76)], epochs=10),
+        "msdnet-cifar-anytime-10ep": _job("msdnet-cifar-anytime-10ep", "ablation", "msdnet-cifar-anytime",
+                                          [(15, 0.69), (76, 0.74)], epochs=10),
+        "fusionnet-cifar-nofusion-10ep": _job("fusionnet-cifar-nofusion-10ep", "ablation",
+                                              "fusionnet-cifar-nofusion", [(20, 0.69), (60, 0.74)], epochs=10),
+        "fusionnet-cifar-msdnetstem-10ep": _job("fusionnet-cifar-msdnetstem-10ep", "ablation",
+                                                "fusionnet-cifar-msdnetstem", [(20, 0.68), (60, 0.73)], epochs=10),
+        "ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (95, 0.85)]),
+    }
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
+    claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
+    assert claims.index("Against MSDNet (`msdnet-cifar-anytime`)") < claims.index("Against RANet (`ranet-cifar`)")
+    assert "Against FusionNet" not in claims and "`fusionnet-cifar` against" not in claims
+    # Full FusionNet at 20M: 0.7039, at 60M: 0.7561; fusion gain 1.50, stem gain 2.50 points.
+    assert "Gain of the fusion layer (`fusionnet-cifar-nofusion` against `fusionnet-cifar-10ep`): +1.50" in claims
+    assert "Gain of the efficient stem (with the width it pays for) (`fusionnet-cifar-msdnetstem` against" in claims
+    assert "both beyond noise): supported (ratio 1.7)." in claims
 
 
 def test_claims_are_read_against_ranet_too(bench, tmp_path):
@@ -82,8 +127,8 @@ def test_claims_are_read_against_ranet_too(bench, tmp_path):
     claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
     assert "Against RANet (`ranet-cifar`)" in claims and "Against MSDNet (`msdnet-cifar-anytime`)" in claims
     last = [line for line in claims.splitlines() if line.startswith("- Last exit")]
-    assert "33.7% cheaper than RANet's (63.00M against 95.00M) at +1.00 points" in last[0]
-    assert "17.1% cheaper than MSDNet's" in last[1]
+    assert "17.1% cheaper than MSDNet's" in last[0]
+    assert "33.7% cheaper than RANet's (63.00M against 95.00M) at +1.00 points" in last[1]
     slim = dict(jobs, **{"ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (80, 0.85)])})
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": slim, "baseline_preset": "msdnet-cifar-anytime"}))
     assert "not supported (not 32% cheaper)" in bench.write_report(str(tmp_path))
