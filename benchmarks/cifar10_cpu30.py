@@ -399,6 +399,9 @@ def write_report(out: str) -> str:
                          f"{', '.join(_pct(y) for y in ys)} | {delta_text} | " + " | ".join(_pct(b) for b in budget)
                          + f" | {_se_range(paired.get(j['name']))} |")
         lines.append("")
+        if phase == "ablation" and len(entries) > 1:
+            plot_ablation(out, entries)
+            lines += [f"![ablation, anytime]({ABLATION_PLOT})", ""]
     cascade = summary.get("cascade", {})
     if cascade:
         lines += ["## Cascade runner on the exported bundles", "",
@@ -415,6 +418,21 @@ def write_report(out: str) -> str:
     text = "\n".join(lines) + "\n"
     atomic_write_text(os.path.join(out, "results.md"), text)
     return text
+
+
+ABLATION_PLOT = "ablation_anytime.png"
+
+
+def plot_ablation(out: str, entries: list[dict]) -> None:
+    """out/ablation_anytime.png: every ablation run's test top-1 per exit against its MACs.
+
+    Drawn from summary.json, so ``--report_only`` redraws it after the run directories are gone.
+    """
+    from tf_fusionnet.evaluation.plots import plot_curves
+
+    plot_curves(os.path.join(out, ABLATION_PLOT),
+                [{"label": j["name"], "x": _curve(j)[0], "y": _curve(j)[1]} for j in entries],
+                f"Ablation, anytime (test, {entries[0]['epochs']} epochs)")
 
 
 def _noise_and_verdicts(summary: dict) -> list[str]:

@@ -54,6 +54,8 @@ def test_report_tables_noise_and_claims(bench, tmp_path):
     text = bench.write_report(str(tmp_path))
     assert (tmp_path / "results.md").read_text() == text
     assert "Chosen: peak lr 0.05, mix prob 0.0" in text
+    assert "![ablation, anytime](ablation_anytime.png)" in text
+    assert (tmp_path / "ablation_anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # MSDNet interpolated at FusionNet's exits: 0.784 at 17M, 0.80 at 25M, 0.815 at 34M, 0.8267 at 63M.
     assert "| 80.00, 82.00, 84.00, 86.00 | +1.60, +2.00, +2.50, +3.33 |" in text
     noise_line = next(line for line in text.splitlines() if "read as real only beyond" in line)
