@@ -3,6 +3,7 @@
     python benchmarks/cifar10_cpu30.py                 # everything, in order; resumable
     python benchmarks/cifar10_cpu30.py --phases pilot  # one phase
     python benchmarks/cifar10_cpu30.py --report_only   # rewrite results.md from --out
+    python benchmarks/cifar10_cpu30.py --status        # what is done and left, without training
     python benchmarks/cifar10_cpu30.py --smoke         # tiny presets on the embedded sample (own folders)
 
 Phases, each a list of train.py runs on the 45,000/5,000 split of the CIFAR-10 JPEG archive:
@@ -78,6 +79,7 @@ flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results", "cifar10_
 flags.DEFINE_bool("commit", False, "git commit --out after each finished run.")
 flags.DEFINE_bool("smoke", False, "Tiny presets on the embedded sample, 1 epoch per run.")
 flags.DEFINE_bool("report_only", False, "Only rewrite results.md from --out.")
+flags.DEFINE_bool("status", False, "Only print every run's epochs done and the time left, then exit.")
 FLAGS = flags.FLAGS
 
 
@@ -97,8 +99,9 @@ class Job:
 
 
 def _settings():
+    pilot = dict(pilot_lrs=list(FLAGS.pilot_lrs), pilot_mix=list(FLAGS.pilot_mix))
     if FLAGS.smoke:
-        return dict(data="sample", val_size=50, batch=32, main=["fusionnet-tiny", "ranet-tiny", "msdnet-tiny"],
+        return dict(**pilot, data="sample", val_size=50, batch=32, main=["fusionnet-tiny", "ranet-tiny", "msdnet-tiny"],
                     ablations=(),
                     epochs=1, ablation_epochs=1, seed_epochs=1, pilot_epochs=1, pilot_preset="msdnet-tiny")
     from tf_fusionnet.presets import PRESETS
@@ -106,14 +109,14 @@ def _settings():
     main = list(FLAGS.main_presets)
     if "ranet-cifar" in PRESETS and "ranet-cifar" not in main:
         main.insert(-1, "ranet-cifar")
-    return dict(data=os.path.abspath(FLAGS.data), val_size=5000, batch=FLAGS.batch_size, main=main,
+    return dict(**pilot, data=os.path.abspath(FLAGS.data), val_size=5000, batch=FLAGS.batch_size, main=main,
                 ablations=ABLATIONS, epochs=FLAGS.epochs, ablation_epochs=FLAGS.ablation_epochs,
                 seed_epochs=FLAGS.seed_epochs, pilot_epochs=FLAGS.pilot_epochs, pilot_preset=FLAGS.pilot_preset)
 
 
 def pilot_jobs(s) -> list[Job]:
     return [Job(f"pilot-lr{lr}-mix{mix}", "pilot", s["pilot_preset"], s["pilot_epochs"], 0, float(lr), float(mix))
-            for lr in FLAGS.pilot_lrs for mix in FLAGS.pilot_mix]
+            for lr in s["pilot_lrs"] for mix in s["pilot_mix"]]
 
 
 def later_jobs(s, lr: float, mix: float) -> list[Job]:
@@ -164,22 +167,42 @@ def pilot_score(rows: list[dict]) -> dict:
 
 
 def progress(jobs: list[Job], work: str, finished: dict) -> str:
-    """Epochs done and left over the jobs, with the time left at the measured epoch speed.
+    """Epochs done and left over the jobs, with the time left at the median of the last 5 epochs.
 
     ``finished``: the summary's jobs, whose run directories may be gone since.
     """
     done = left = 0
     seconds = []
     for job in jobs:
+        rows = _log_rows(os.path.join(work, job.name))
+        seconds += [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")]
         if job.name in finished:
             done += job.epochs
             continue
-        rows = _log_rows(os.path.join(work, job.name))
         done += min(len(rows), job.epochs)
         left += max(0, job.epochs - len(rows))
-        seconds += [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")]
-    eta = f", about {left * np.median(seconds) / 3600:.1f} h left" if seconds and left else ""
+    # The recent speed: earlier epochs may have shared the cores with tests and benchmarks.
+    recent = float(np.median(seconds[-5:])) if seconds else 0.0
+    eta = (f", about {left * recent / 3600:.1f} h left at {recent:.0f} s per epoch (the last epochs'; "
+           "larger models take longer)") if seconds and left else ""
     return f"{done} of {done + left} epochs done{eta}"
+
+
+def status(s, work: str, summary: dict) -> str:
+    """One line per run (finished and committed, epochs done, or not started), then the total."""
+    recipe = summary.get("recipe")
+    jobs = pilot_jobs(s) + (later_jobs(s, recipe["lr"], recipe["mix_prob"]) if recipe else [])
+    lines = []
+    for job in jobs:
+        if job.name in summary["jobs"]:
+            state = "finished, results in --out"
+        else:
+            done = min(len(_log_rows(os.path.join(work, job.name))), job.epochs)
+            state = f"{done} of {job.epochs} epochs" if done else "not started"
+        lines.append(f"{job.phase:>8}  {job.name:<40} {state}")
+    if not recipe:
+        lines.append("(the later runs are listed once the pilot has chosen the recipe)")
+    return "\n".join(lines + [f"all: {progress(jobs, work, summary['jobs'])}"])
 
 
 def train(job: Job, s, work: str) -> None:
@@ -240,6 +263,9 @@ def main(argv):
             out = os.path.join(work, "results")
     if FLAGS.report_only:
         print(write_report(out))
+        return 0
+    if FLAGS.status:
+        print(status(_settings(), work, _load_summary(out)))
         return 0
     unknown = sorted(set(FLAGS.phases) - set(PHASES))
     if unknown:

@@ -162,3 +162,25 @@ def test_run_order_pair_first_and_ranet_last(bench):
     assert [(phase, len(group)) for phase, group in bench.run_groups(jobs)] == [
         ("main", 2), ("ablation", 4), ("seed", 2), ("main", 1)]
     assert jobs[-1].phase == "main" and jobs[-1].epochs == 30 and jobs[-1].warmup_epochs == 2
+
+
+def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(bench, tmp_path):
+    settings = dict(main=["fusionnet-cifar", "msdnet-cifar-anytime"], epochs=5, ablation_epochs=1, seed_epochs=1,
+                    ablations=(), pilot_preset="msdnet-cifar-anytime", pilot_epochs=1,
+                    pilot_lrs=["0.05", "0.1"], pilot_mix=["0", "0.5"])
+    work = tmp_path / "work"
+    for name, seconds in (("fusionnet-cifar", [900, 900, 900, 300, 300]), ("msdnet-cifar-anytime", [300])):
+        (work / name).mkdir(parents=True)
+        (work / name / "log.csv").write_text(
+            "epoch,epoch_seconds\n" + "".join(f"{i + 1},{t}\n" for i, t in enumerate(seconds)))
+    pilots = {j.name: {} for j in bench.pilot_jobs(settings)}
+    text = bench.status(settings, str(work), {"jobs": pilots})
+    assert "later runs are listed once the pilot has chosen" in text
+    summary = {"jobs": {**pilots, "fusionnet-cifar": {}}, "recipe": {"lr": 0.05, "mix_prob": 0.0}}
+    lines = bench.status(settings, str(work), summary).splitlines()
+    assert lines[4].split() == ["main", "fusionnet-cifar", "finished,", "results", "in", "--out"]
+    assert lines[5].split() == ["main", "msdnet-cifar-anytime", "1", "of", "5", "epochs"]
+    assert lines[6].split()[-2:] == ["not", "started"]
+    # 4 pilot + 5 + 1 epochs done; 4 + 1 + 1 + 1 + 1 left at the median of the last 5 epochs, 300 s
+    # (the median of all six, slowed by the first ones, is 600 s).
+    assert lines[-1].startswith("all: 10 of 18 epochs done, about 0.7 h left at 300 s per epoch")
