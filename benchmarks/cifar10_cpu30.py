@@ -198,7 +198,8 @@ def status(s, work: str, summary: dict) -> str:
             state = "finished, results in --out"
         else:
             done = min(len(_log_rows(os.path.join(work, job.name))), job.epochs)
-            state = f"{done} of {job.epochs} epochs" if done else "not started"
+            state = (f"{done} of {job.epochs} epochs" if done else
+                     "started, no epoch finished yet" if os.path.isdir(os.path.join(work, job.name)) else "not started")
         lines.append(f"{job.phase:>8}  {job.name:<40} {state}")
     if not recipe:
         lines.append("(the later runs are listed once the pilot has chosen the recipe)")

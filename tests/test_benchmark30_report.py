@@ -181,6 +181,8 @@ def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(bench, tmp
     assert lines[4].split() == ["main", "fusionnet-cifar", "finished,", "results", "in", "--out"]
     assert lines[5].split() == ["main", "msdnet-cifar-anytime", "1", "of", "5", "epochs"]
     assert lines[6].split()[-2:] == ["not", "started"]
+    (work / "fusionnet-cifar-1ep").mkdir()  # a run that train.py has begun
+    assert bench.status(settings, str(work), summary).splitlines()[6].endswith("started, no epoch finished yet")
     # 4 pilot + 5 + 1 epochs done; 4 + 1 + 1 + 1 + 1 left at the median of the last 5 epochs, 300 s
     # (the median of all six, slowed by the first ones, is 600 s).
     assert lines[-1].startswith("all: 10 of 18 epochs done, about 0.7 h left at 300 s per epoch")
