@@ -277,7 +277,7 @@ def main(argv):
     summary = _load_summary(out)
     summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),
                     "machine": machine_info(), "data": s["data"], "batch_size": s["batch"],
-                    "baseline_preset": s["main"][-1]})
+                    "candidate_preset": s["main"][0], "baseline_preset": s["main"][-1]})
 
     def finish(job: Job, message: str) -> None:
         summary["jobs"][job.name] = collect(job, work, out)
@@ -469,7 +469,8 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
         return []
     # base: MSDNet, the ablations' reference. Not the last main run: RANet finishes after it.
     base = next((j for j in main if j["preset"] == summary.get("baseline_preset")), main[-1])
-    cand = next(j for j in main if j is not base)
+    others = [j for j in main if j is not base]
+    cand = next((j for j in others if j["preset"] == summary.get("candidate_preset")), others[0])
     errors = [p["standard_error"] for name, rows in summary.get("paired", {}).items()
               if jobs.get(name, {}).get("phase") == "main" for p in rows]
     spreads = []

@@ -109,6 +109,11 @@ def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
     claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
     assert claims.index("Against MSDNet (`msdnet-cifar-anytime`)") < claims.index("Against RANet (`ranet-cifar`)")
     assert "Against FusionNet" not in claims and "`fusionnet-cifar` against" not in claims
+    # RANet first in summary.json: FusionNet is still the model whose claims are read.
+    first = {"ranet-cifar": jobs["ranet-cifar"], **{k: v for k, v in jobs.items() if k != "ranet-cifar"}}
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": first, "candidate_preset": "fusionnet-cifar",
+                                                       "baseline_preset": "msdnet-cifar-anytime"}))
+    assert "Against RANet (`ranet-cifar`)" in bench.write_report(str(tmp_path))
     # Full FusionNet at 20M: 0.7039, at 60M: 0.7561; fusion gain 1.50, stem gain 2.50 points.
     assert "Gain of the fusion layer (`fusionnet-cifar-nofusion` against `fusionnet-cifar-10ep`): +1.50" in claims
     assert "Gain of the efficient stem (with the width it pays for) (`fusionnet-cifar-msdnetstem` against" in claims
