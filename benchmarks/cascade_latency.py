@@ -76,8 +76,9 @@ _WHOLE_CACHE: dict = {}
 
 def whole_model_tflite(manifest: dict, precision: str) -> bytes:
     """The bundle's exits in one TFLite graph, from its source run (same calibration data)."""
-    key = (manifest["source_run"], tuple(manifest.get("model_exits", ())), precision,
-           manifest["input"].get("stage_1_reads", "normalized"))
+    from tf_fusionnet.export.cascade_runner import reads_pixels
+
+    key = (manifest["source_run"], tuple(manifest.get("model_exits", ())), precision, reads_pixels(manifest))
     if key not in _WHOLE_CACHE:
         _WHOLE_CACHE[key] = _convert_whole_model(manifest, precision)
     return _WHOLE_CACHE[key]
@@ -147,13 +148,14 @@ def whole_model_input(runner, images: np.ndarray) -> np.ndarray:
 
 def _convert_whole_model(manifest: dict, precision: str) -> bytes:
     from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data
+    from tf_fusionnet.export.cascade_runner import reads_pixels
     from tf_fusionnet.export.stages import convert_to_tflite, pixel_input_model, representative_feed
 
     run = load_run(manifest["source_run"])
     model = load_checkpoint(run, manifest.get("checkpoint", "model"))
     mean = np.array(run.preprocessing["mean"], np.float32)
     std = np.array(run.preprocessing["std"], np.float32)
-    pixels = manifest["input"].get("stage_1_reads", "normalized") == "pixels"
+    pixels = reads_pixels(manifest)
     rep = None
     if precision == "int8":
         data, train_idx, _ = load_run_data(run)

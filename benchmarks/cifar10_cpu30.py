@@ -458,7 +458,7 @@ def plot_ablation(out: str, entries: list[dict]) -> None:
     from tf_fusionnet.evaluation.plots import plot_curves
 
     plot_curves(os.path.join(out, ABLATION_PLOT),
-                [{"label": j["name"], "x": _curve(j)[0], "y": _curve(j)[1]} for j in entries],
+                [dict(zip(("label", "x", "y"), (j["name"], *_curve(j)))) for j in entries],
                 f"Ablation, anytime (test, {entries[0]['epochs']} epochs)")
 
 
@@ -516,8 +516,8 @@ def contribution_gain(ablation: dict, reference: dict, removes: bool = True) -> 
     (gain = reference - ablation); otherwise it adds it (gain = ablation - reference).
     """
     ref = _curve(reference)
-    xs, ys = _curve(ablation)
-    deltas = [y - interpolate(*ref, x) for x, y in zip(xs, ys) if interpolate(*ref, x) is not None]
+    at_ref = [(y, interpolate(*ref, x)) for x, y in zip(*_curve(ablation))]
+    deltas = [y - r for y, r in at_ref if r is not None]
     if not deltas:
         return None
     mean = float(np.mean(deltas))
@@ -543,12 +543,11 @@ def same_order_verdict(gain_a: float | None, gain_b: float | None, noise: float,
 
 
 def _ablation_verdicts(jobs: dict, cand: dict, base: dict, noise: float) -> list[str]:
-    full = next((j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] == cand["preset"]), None)
-    short_base = next((j for j in jobs.values() if j["phase"] == "ablation" and j["preset"] == base["preset"]), None)
+    runs = {j["preset"]: j for j in jobs.values() if j["phase"] == "ablation"}
+    full, short_base = runs.get(cand["preset"]), runs.get(base["preset"])
     if not (full and short_base):
         return []
     refs = {"full": full, "msdnet": short_base}
-    runs = {j["preset"]: j for j in jobs.values() if j["phase"] == "ablation"}
     lines = [f"Ablation ({full['epochs']} epochs; gain = the model with the contribution minus the model "
              "without it, at equal MACs, mean over the exits inside the reference's cost range):", ""]
     gains = {}

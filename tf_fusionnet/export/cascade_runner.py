@@ -65,6 +65,12 @@ STAGE_IO_DTYPES = ("float32", "int8")  # a precision's stage inputs and outputs 
 # quantised one) that the runner computes.
 STAGE_1_READS = ("pixels", "normalized")
 
+
+def reads_pixels(manifest: dict) -> bool:
+    """Whether the bundle's stage 1 reads the uint8 pixels (format 4's default), from a manifest
+    that :func:`validate_manifest` has passed; bundles before format 4 read the normalised image."""
+    return manifest["input"].get("stage_1_reads", "normalized") == "pixels"
+
 # Stage calls of one classify(batch): large enough for LiteRT's batched kernels, small enough that
 # the padding at the end of a batch costs little.
 CLASSIFY_BATCH = 32
@@ -341,7 +347,7 @@ class CascadeRunner:
         self.input_shape = tuple(self.manifest["input"]["shape"])
         # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2 when it loads and first
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
-        self.reads_pixels = self.manifest["input"].get("stage_1_reads", "normalized") == "pixels"
+        self.reads_pixels = reads_pixels(self.manifest)
         with _portable.captured_stderr_fd((BundleError,)):
             self._load_stages(bundle, files, threads)
             self.run_stages(np.zeros((1,) + self.input_shape, np.uint8 if self.reads_pixels else np.float32))
@@ -415,8 +421,9 @@ class CascadeRunner:
         self.stage_output_quantization: list[dict] = []
         io_dtype = self.manifest["precisions"][self.precision].get("stage_io_dtype", "float32")
         for name in files:
+            path = os.path.join(bundle, name)
             try:
-                interpreter = Interpreter(model_path=os.path.join(bundle, name), num_threads=threads)
+                interpreter = Interpreter(model_path=path, num_threads=threads)
                 interpreter.allocate_tensors()
                 signature = interpreter.get_signature_runner("serve")
                 input_details, output_details = signature.get_input_details(), signature.get_output_details()
@@ -428,8 +435,7 @@ class CascadeRunner:
                 in_quant = {n: None if n in pixels else _tensor_quantization(d) for n, d in input_details.items()}
                 out_quant = {n: _tensor_quantization(d) for n, d in output_details.items()}
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
-                raise BundleError(f"{os.path.join(bundle, name)}: not a loadable TFLite stage ({error})") from None
-            path = os.path.join(bundle, name)
+                raise BundleError(f"{path}: not a loadable TFLite stage ({error})") from None
             if pixels - ({"image"} if not self.interpreters else set()):
                 raise BundleError(f"{path}: reads uint8 {', '.join(sorted(pixels))}; only stage 1's image may be uint8")
             if not self.interpreters and ("image" in pixels) != self.reads_pixels:
@@ -437,7 +443,7 @@ class CascadeRunner:
                                   "not what the manifest's input.stage_1_reads says")
             checked = [q for n, q in in_quant.items() if n not in pixels] + list(out_quant.values())
             if any((q is not None) != (io_dtype == "int8") for q in checked):
-                raise BundleError(f"{os.path.join(bundle, name)}: its inputs and outputs are not all {io_dtype}, "
+                raise BundleError(f"{path}: its inputs and outputs are not all {io_dtype}, "
                                   "as the manifest's stage_io_dtype says")
             self.interpreters.append(interpreter)
             self.stage_inputs.append(inputs)
