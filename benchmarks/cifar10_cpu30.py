@@ -72,6 +72,9 @@ flags.DEFINE_integer("pilot_epochs", 5, "Epochs of each pilot run (a full schedu
 flags.DEFINE_list("pilot_lrs", ["0.05", "0.1"], "Peak learning rates (batch 128) the pilot tries.")
 flags.DEFINE_list("pilot_mix", ["0", "0.5"], "CutMix/MixUp probabilities the pilot tries.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
+                  "Number format of every run. Pinned, not train.py's auto: auto would train a model in "
+                  "bfloat16 on a session whose CPU has avx512_bf16 and its rival in float32 on one without.")
 flags.DEFINE_integer("cascade_images", 0, "Test images for the cascade sweep (0: all).")
 flags.DEFINE_string("work", os.path.join(ROOT, "..", "cifar10_cpu30-work"),
                     "Run directories and bundles (outside the checkout, so a fresh checkout keeps them).")
@@ -101,7 +104,7 @@ class Job:
 def _settings():
     pilot = dict(pilot_lrs=list(FLAGS.pilot_lrs), pilot_mix=list(FLAGS.pilot_mix))
     if FLAGS.smoke:
-        return dict(**pilot, data="sample", val_size=50, batch=32, main=["fusionnet-tiny", "ranet-tiny", "msdnet-tiny"],
+        return dict(**pilot, data="sample", val_size=50, batch=32, precision=FLAGS.precision, main=["fusionnet-tiny", "ranet-tiny", "msdnet-tiny"],
                     ablations=(),
                     epochs=1, ablation_epochs=1, seed_epochs=1, pilot_epochs=1, pilot_preset="msdnet-tiny")
     from tf_fusionnet.presets import PRESETS
@@ -110,6 +113,7 @@ def _settings():
     if "ranet-cifar" in PRESETS and "ranet-cifar" not in main:
         main.insert(-1, "ranet-cifar")
     return dict(**pilot, data=os.path.abspath(FLAGS.data), val_size=5000, batch=FLAGS.batch_size, main=main,
+                precision=FLAGS.precision,
                 ablations=ABLATIONS, epochs=FLAGS.epochs, ablation_epochs=FLAGS.ablation_epochs,
                 seed_epochs=FLAGS.seed_epochs, pilot_epochs=FLAGS.pilot_epochs, pilot_preset=FLAGS.pilot_preset)
 
@@ -210,7 +214,8 @@ def train(job: Job, s, work: str) -> None:
     run_command([sys.executable, "train.py", "--preset", job.preset, "--output", os.path.join(work, job.name),
                  "--dataset", s["data"], "--epochs", str(job.epochs), "--batch_size", str(s["batch"]),
                  "--lr", str(job.lr), "--warmup_epochs", str(job.warmup_epochs), "--mix_prob", str(job.mix_prob),
-                 "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--verbose", "2"])
+                 "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--precision", s["precision"],
+                 "--verbose", "2"])
 
 
 def collect(job: Job, work: str, out: str) -> dict:
@@ -276,7 +281,7 @@ def main(argv):
     os.makedirs(work, exist_ok=True)
     summary = _load_summary(out)
     summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),
-                    "machine": machine_info(), "data": s["data"], "batch_size": s["batch"],
+                    "machine": machine_info(), "data": s["data"], "batch_size": s["batch"], "precision": s["precision"],
                     "candidate_preset": s["main"][0], "baseline_preset": s["main"][-1]})
 
     def finish(job: Job, message: str) -> None:
