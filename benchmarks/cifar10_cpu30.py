@@ -21,17 +21,25 @@ Phases, each a list of train.py runs on the 45,000/5,000 split of the CIFAR-10 J
 4. ``seed``: both main models again with ``--seed 1`` for ``--seed_epochs``, so differences
    are read against run-to-run spread as well as against the test set's paired standard error.
 
-Run order: the first main model and the baseline, the ablation, the second seed, and the other
-main models (RANet) last, since they cost the most and the claims do not rest on them; the main
-phase's plots, paired errors and cascade sweep are made after its first part and again after
-the rest.
+Run order: the first main model and the baseline, their second seed, the ablation, and the
+other main models (RANet) last, since they cost the most and the claims do not rest on them.
+Each finished main or second-seed model is exported (float32, int8) and swept through the
+cascade runner at once, while its run directory is there; plots, paired errors and the report
+are made from what ``--out`` holds, so they survive a lost ``--work``.
 
 Warmup follows the paper's share (20 of 300 epochs), rounded, at least 1 epoch.
 
 Training is hours per model on 2 CPU cores. Every run resumes from its last finished epoch
 when the command is run again, and a finished run is not trained again. Results only (JSON,
-CSV, logs, plots; no checkpoints) go to ``--out`` as each run finishes; with ``--commit``
-they are committed there and then (``git commit -- OUT``, nothing else is touched).
+CSV, logs, plots, per-image test predictions; no checkpoints) go to ``--out`` as each run
+finishes; with ``--commit`` they are committed there and then (``git commit -- OUT CARRY``,
+nothing else is touched).
+
+A run can outlast the machine it started on: ``--carry_now`` copies every unfinished run's last
+finished epoch (weights and optimizer state, its log; about 25 MB for MSDNet) into ``--carry``
+inside the checkout and commits it, and a later invocation whose ``--work`` lacks the run (or
+holds fewer epochs) resumes from there. A run's carried state is deleted in the commit of its
+results.
 """
 
 import os
@@ -49,11 +57,13 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from common import ROOT, cascade_sweep, interpolate, paired_errors, percent as _pct, run_command  # noqa: E402
+from common import (ROOT, cascade_sweep, interpolate, load_predictions, paired_errors_of, percent as _pct,  # noqa: E402
+                    run_command, save_predictions, test_predictions)
 
 PHASES = ("pilot", "main", "ablation", "seed")
 ABLATIONS = ("fusionnet-cifar-nofusion", "fusionnet-cifar-msdnetstem", "fusionnet-cifar-msdnettransition",
@@ -66,7 +76,7 @@ flags.DEFINE_list("main_presets", ["fusionnet-cifar", "msdnet-cifar-anytime"],
                   "Main models; the last is the baseline every difference is taken against.")
 flags.DEFINE_integer("epochs", 30, "Epochs of the main runs.")
 flags.DEFINE_integer("ablation_epochs", 10, "Epochs of the ablation runs.")
-flags.DEFINE_integer("seed_epochs", 10, "Epochs of the second-seed runs.")
+flags.DEFINE_integer("seed_epochs", 30, "Epochs of the second-seed runs.")
 flags.DEFINE_string("pilot_preset", "msdnet-cifar-anytime", "Model the recipe is chosen on.")
 flags.DEFINE_integer("pilot_epochs", 5, "Epochs of each pilot run (a full schedule of that length).")
 flags.DEFINE_list("pilot_lrs", ["0.05", "0.1"], "Peak learning rates (batch 128) the pilot tries.")
@@ -79,7 +89,11 @@ flags.DEFINE_integer("cascade_images", 0, "Test images for the cascade sweep (0:
 flags.DEFINE_string("work", os.path.join(ROOT, "..", "cifar10_cpu30-work"),
                     "Run directories and bundles (outside the checkout, so a fresh checkout keeps them).")
 flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results", "cifar10_cpu30"), "Results folder.")
-flags.DEFINE_bool("commit", False, "git commit --out after each finished run.")
+flags.DEFINE_string("carry", os.path.join(ROOT, "benchmarks", "carry", "cifar10_cpu30"),
+                    "Resume state of unfinished runs kept in the checkout (see --carry_now).")
+flags.DEFINE_bool("carry_now", False, "Only copy every unfinished run's last finished epoch into --carry (and "
+                  "commit it with --commit), then exit; safe while another invocation trains.")
+flags.DEFINE_bool("commit", False, "git commit --out and --carry after each finished run.")
 flags.DEFINE_bool("smoke", False, "Tiny presets on the embedded sample, 1 epoch per run.")
 flags.DEFINE_bool("report_only", False, "Only rewrite results.md from --out.")
 flags.DEFINE_bool("status", False, "Only print every run's epochs done and the time left, then exit.")
@@ -126,18 +140,19 @@ def pilot_jobs(s) -> list[Job]:
 def later_jobs(s, lr: float, mix: float) -> list[Job]:
     """Every run after the pilot, in the order they train.
 
-    The first model and the baseline train first, then the ablation and the second seed, and the
-    other main models (RANet) last: RANet's 30 epochs take about twice either's (~14 h on 2
-    shared cores), while the paper's claims rest on the FusionNet-MSDNet pair, read against the
-    seed spread, and on the ablation.
+    The first model and the baseline train first, then their second seed, then the ablation,
+    and the other main models (RANet) last: RANet's 30 epochs take about twice either's, while
+    the paper's claims rest on the FusionNet-MSDNet pair, read against the seed spread, and on
+    the ablation. The second seed comes before the ablation because it is also the pair whose
+    per-image predictions and bundles exist when the first pair's are lost.
     """
     pair = s["main"][:1] + s["main"][-1:]
     jobs = [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in pair]
+    e = s["seed_epochs"]
+    jobs += [Job(f"{p}-{e}ep-seed1", "seed", p, e, 1, lr, mix) for p in pair]
     e = s["ablation_epochs"]
     jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in pair]
     jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in s["ablations"]]
-    e = s["seed_epochs"]
-    jobs += [Job(f"{p}-{e}ep-seed1", "seed", p, e, 1, lr, mix) for p in pair]
     jobs += [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in s["main"][1:-1]]
     return jobs
 
@@ -170,15 +185,23 @@ def pilot_score(rows: list[dict]) -> dict:
             "val_top1_per_exit": accs}
 
 
-def progress(jobs: list[Job], work: str, finished: dict) -> str:
+def _run_rows(job: Job, work: str, carry: str | None) -> list[dict]:
+    """The log of the job's run in ``work``, or of its carried state where that holds more epochs."""
+    rows = _log_rows(os.path.join(work, job.name))
+    carried = _log_rows(os.path.join(carry, job.name)) if carry else []
+    return carried if len(carried) > len(rows) else rows
+
+
+def progress(jobs: list[Job], work: str, finished: dict, carry: str | None = None) -> str:
     """Epochs done and left over the jobs, with the time left at the median of the last 5 epochs.
 
-    ``finished``: the summary's jobs, whose run directories may be gone since.
+    ``finished``: the summary's jobs, whose run directories may be gone since; ``carry``: the
+    carried states of unfinished runs (:func:`save_carry`).
     """
     done = left = 0
     seconds = []
     for job in jobs:
-        rows = _log_rows(os.path.join(work, job.name))
+        rows = _run_rows(job, work, carry)
         seconds += [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")]
         if job.name in finished:
             done += job.epochs
@@ -192,7 +215,7 @@ def progress(jobs: list[Job], work: str, finished: dict) -> str:
     return f"{done} of {done + left} epochs done{eta}"
 
 
-def status(s, work: str, summary: dict) -> str:
+def status(s, work: str, summary: dict, carry: str | None = None) -> str:
     """One line per run (finished and committed, epochs done, or not started), then the total."""
     recipe = summary.get("recipe")
     jobs = pilot_jobs(s) + (later_jobs(s, recipe["lr"], recipe["mix_prob"]) if recipe else [])
@@ -202,12 +225,89 @@ def status(s, work: str, summary: dict) -> str:
             state = "finished, results in --out"
         else:
             done = min(len(_log_rows(os.path.join(work, job.name))), job.epochs)
+            carried = epochs_carried(os.path.join(carry, job.name)) if carry else 0
             state = (f"{done} of {job.epochs} epochs" if done else
                      "started, no epoch finished yet" if os.path.isdir(os.path.join(work, job.name)) else "not started")
+            if carried:
+                state += f" ({carried} carried in --carry{', resumed from there' if carried > done else ''})"
         lines.append(f"{job.phase:>8}  {job.name:<40} {state}")
     if not recipe:
         lines.append("(the later runs are listed once the pilot has chosen the recipe)")
-    return "\n".join(lines + [f"all: {progress(jobs, work, summary['jobs'])}"])
+    return "\n".join(lines + [f"all: {progress(jobs, work, summary['jobs'], carry)}"])
+
+
+# What resumes a run: train.py's backup (weights and optimizer state, the epoch), its log and
+# settings, and the best epoch's record. best.keras itself stays behind (it would double the
+# size): a resumed run writes it again when it beats the record, and until then
+# ``evaluate.py --checkpoint best`` says it is missing instead of serving a later epoch.
+# model.keras goes only with a run whose last epoch is done (evaluation reads it).
+CARRIED = ("config.json", "split.json", "preprocessing.json", "log.csv", "best.keras.json",
+           os.path.join("backup", "latest.weights.h5"), os.path.join("backup", "training_metadata.json"))
+
+
+def epochs_carried(run: str) -> int:
+    """Epochs a run folder's backup marks as done (0 without one)."""
+    try:
+        with open(os.path.join(run, "backup", "training_metadata.json")) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def save_carry(run: str, dest: str, epochs: int, timeout_s: float = 1800.0, poll_s: float = 10.0) -> int:
+    """Copies ``run``'s last finished epoch to ``dest`` (replaced whole); returns its epochs.
+
+    Safe while train.py trains the run: an epoch's end writes the log row, then the models,
+    then the backup, so a copy is kept only if the log and the backup named the same epoch
+    before and after it; otherwise it waits for the epoch's end to complete and tries again.
+    ``epochs``: the run's length (its model.keras goes too once that many are done).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = (epochs_carried(run), len(_log_rows(run)))
+        if before[0] and before[0] == before[1]:
+            tmp = dest + ".partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            names = CARRIED + (("model.keras",) if before[0] >= epochs else ())
+            for name in names:
+                if os.path.exists(os.path.join(run, name)):
+                    os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+                    shutil.copy2(os.path.join(run, name), os.path.join(tmp, name))
+            if (epochs_carried(run), len(_log_rows(run))) == before:
+                shutil.rmtree(dest, ignore_errors=True)
+                os.replace(tmp, dest)
+                return before[0]
+            shutil.rmtree(tmp)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{run}: its log ({before[1]} epochs) and backup ({before[0]}) did not agree "
+                               f"for {timeout_s:.0f} s; nothing carried")
+        time.sleep(poll_s)
+
+
+def restore_carry(carried: str, run: str) -> int:
+    """Puts a carried state into ``run`` when it holds more finished epochs; returns the epochs restored (0: none).
+
+    Only the carried files are replaced; call it while no train.py works on ``run``.
+    """
+    have, ahead = epochs_carried(run), epochs_carried(carried)
+    if ahead <= have:
+        return 0
+    # The run's own models are of an earlier epoch than the carried state: never served as its.
+    best_record = os.path.join(run, "best.keras.json")
+    old_best = open(best_record).read() if os.path.exists(best_record) else None
+    for root, _, files in os.walk(carried):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), carried)
+            target = os.path.join(run, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(os.path.join(root, name), target)
+    stale = ["model.keras"] if not os.path.exists(os.path.join(carried, "model.keras")) else []
+    if old_best is None or not os.path.exists(best_record) or open(best_record).read() != old_best:
+        stale.append("best.keras")
+    for name in stale:
+        if os.path.exists(os.path.join(run, name)):
+            os.remove(os.path.join(run, name))
+    return ahead
 
 
 def train(job: Job, s, work: str) -> None:
@@ -216,6 +316,9 @@ def train(job: Job, s, work: str) -> None:
                  "--lr", str(job.lr), "--warmup_epochs", str(job.warmup_epochs), "--mix_prob", str(job.mix_prob),
                  "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--precision", s["precision"],
                  "--verbose", "2"])
+
+
+PREDICTIONS = "test_predictions.npz"
 
 
 def collect(job: Job, work: str, out: str) -> dict:
@@ -231,6 +334,7 @@ def collect(job: Job, work: str, out: str) -> dict:
         return {**entry, **pilot_score(rows)}
     for name in ("anytime.json", "anytime.csv", "budgeted.json", "budgeted.csv"):
         shutil.copy(os.path.join(run, "eval", name), os.path.join(dest, name))
+    save_predictions(os.path.join(dest, PREDICTIONS), test_predictions(run))
     with open(os.path.join(run, "eval", "anytime.json")) as f:
         entry["anytime"] = json.load(f)["exits"]
     with open(os.path.join(run, "eval", "budgeted.json")) as f:
@@ -238,16 +342,51 @@ def collect(job: Job, work: str, out: str) -> dict:
     return entry
 
 
+def backfill_predictions(job: Job, work: str, out: str) -> bool:
+    """Keeps the per-image predictions of a run finished before the driver kept them, if its
+    run directory is still there; returns whether out/NAME/ has them now."""
+    path = os.path.join(out, job.name, PREDICTIONS)
+    if not os.path.exists(path) and os.path.exists(os.path.join(work, job.name, "model.keras")):
+        save_predictions(path, test_predictions(os.path.join(work, job.name)))
+    return os.path.exists(path)
+
+
 def phase_baseline(jobs: list[Job], base_preset: str) -> Job:
     """The run a phase's differences are taken against: its MSDNet (the last main preset)."""
     return next((j for j in jobs if j.preset == base_preset), jobs[-1])
 
 
-def _commit(out: str, message: str) -> None:
-    subprocess.run(["git", "add", "--", out], cwd=ROOT, check=True)
-    done = subprocess.run(["git", "commit", "-q", "-m", message, "--", out], cwd=ROOT, capture_output=True, text=True)
-    print(f"committed {out}: {message}" if done.returncode == 0 else f"nothing committed ({done.stdout.strip()})",
-          flush=True)
+def pair_phase(jobs: list[Job], out: str, base_preset: str, paired: dict) -> None:
+    """Paired errors of each finished run of a phase against the phase's baseline, from the
+    per-image predictions in ``out`` (a run without them is left out of ``paired``)."""
+    have = [j for j in jobs if os.path.exists(os.path.join(out, j.name, PREDICTIONS))]
+    if not have:
+        return
+    baseline = phase_baseline(jobs, base_preset)
+    if baseline not in have:
+        return
+    base = load_predictions(os.path.join(out, baseline.name, PREDICTIONS))
+    for job in have:
+        if job is not baseline and job.name not in paired:
+            paired[job.name] = paired_errors_of(load_predictions(os.path.join(out, job.name, PREDICTIONS)), base)
+
+
+def _git(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+
+def _commit(paths: list[str], message: str) -> None:
+    """Commits ``paths`` (additions and deletions) and nothing else; a path neither on disk nor
+    tracked is skipped. Retries while another invocation holds git's index lock."""
+    paths = [p for p in paths if os.path.exists(p) or _git(["ls-files", "--", p]).stdout.strip()]
+    for attempt in range(10):
+        added = _git(["add", "-A", "--", *paths])
+        done = _git(["commit", "-q", "-m", message, "--", *paths]) if added.returncode == 0 else added
+        if done.returncode == 0 or "index.lock" not in done.stderr:
+            break
+        time.sleep(5)
+    print(f"committed {', '.join(os.path.relpath(p, ROOT) for p in paths)}: {message}" if done.returncode == 0
+          else f"nothing committed ({(done.stdout + done.stderr).strip()})", flush=True)
 
 
 def _load_summary(out: str) -> dict:
@@ -258,111 +397,157 @@ def _load_summary(out: str) -> dict:
     return {"jobs": {}}
 
 
+def carry_now(jobs: list[Job], work: str, carry: str, finished: dict) -> list[str]:
+    """Carries every unfinished run of ``jobs`` that has a finished epoch; returns what it did."""
+    done = []
+    for job in jobs:
+        run = os.path.join(work, job.name)
+        if job.name in finished or not epochs_carried(run):
+            continue
+        if epochs_carried(run) <= epochs_carried(os.path.join(carry, job.name)):
+            done.append(f"{job.name}: {epochs_carried(run)} epochs, carried already")
+            continue
+        done.append(f"{job.name}: {save_carry(run, os.path.join(carry, job.name), job.epochs)} epochs carried")
+    return done
+
+
 def main(argv):
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
 
-    out, work = os.path.abspath(FLAGS.out), os.path.abspath(FLAGS.work)
+    out, work, carry = os.path.abspath(FLAGS.out), os.path.abspath(FLAGS.work), os.path.abspath(FLAGS.carry)
     if FLAGS.smoke:  # never into the real runs and results, unless asked for explicitly
         if not FLAGS["work"].present:
             work += "-smoke"
         if not FLAGS["out"].present:
             out = os.path.join(work, "results")
+        if not FLAGS["carry"].present:
+            carry = os.path.join(work, "carry")
     if FLAGS.report_only:
         print(write_report(out))
         return 0
     if FLAGS.status:
-        print(status(_settings(), work, _load_summary(out)))
+        print(status(_settings(), work, _load_summary(out), carry))
         return 0
     unknown = sorted(set(FLAGS.phases) - set(PHASES))
     if unknown:
         raise SystemExit(f"error: --phases: unknown {', '.join(unknown)} (choose from {', '.join(PHASES)})")
     s = _settings()
+    summary = _load_summary(out)
+    if FLAGS.carry_now:
+        recipe = summary.get("recipe")
+        jobs = pilot_jobs(s) + (later_jobs(s, recipe["lr"], recipe["mix_prob"]) if recipe else [])
+        lines = carry_now(jobs, work, carry, summary["jobs"])
+        print("\n".join(lines) or "no unfinished run has a finished epoch: nothing to carry", flush=True)
+        if FLAGS.commit and lines:
+            _commit([carry], "cifar10_cpu30: carry the unfinished runs' last finished epochs into the checkout "
+                             "(" + "; ".join(lines) + ")")
+        return 0
     os.makedirs(out, exist_ok=True)
     os.makedirs(work, exist_ok=True)
-    summary = _load_summary(out)
     summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),
                     "machine": machine_info(), "data": s["data"], "batch_size": s["batch"], "precision": s["precision"],
                     "candidate_preset": s["main"][0], "baseline_preset": s["main"][-1]})
 
-    def finish(job: Job, message: str) -> None:
-        summary["jobs"][job.name] = collect(job, work, out)
+    def save(message: str | None = None) -> None:
         summary["git_commit"] = git_commit()
         atomic_write_json(os.path.join(out, "summary.json"), summary)
         write_report(out)
-        if FLAGS.commit:
-            _commit(out, message)
+        if FLAGS.commit and message:
+            _commit([out, carry], message)
+
+    def run_job(job: Job, evaluate: bool) -> None:
+        restored = restore_carry(os.path.join(carry, job.name), os.path.join(work, job.name))
+        if restored:
+            print(f"{job.name}: resuming from the state carried in {carry} ({restored} epochs)", flush=True)
+        train(job, s, work)
+        if evaluate:
+            run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
+        summary["jobs"][job.name] = collect(job, work, out)
+        shutil.rmtree(os.path.join(carry, job.name), ignore_errors=True)
+        save(f"cifar10_cpu30: {job.phase} run {job.name} finished")
 
     pilots = pilot_jobs(s)
     choice = summary.get("recipe")
     if "pilot" in FLAGS.phases:
         for i, job in enumerate(pilots):
-            print(f"[pilot {i + 1}/{len(pilots)}] {job.name}: {progress(pilots, work, summary['jobs'])}", flush=True)
+            print(f"[pilot {i + 1}/{len(pilots)}] {job.name}: {progress(pilots, work, summary['jobs'], carry)}",
+                  flush=True)
             if job.name not in summary["jobs"]:
-                train(job, s, work)
-                finish(job, f"cifar10_cpu30: pilot run {job.name} finished")
+                run_job(job, evaluate=False)
         best = max(pilots, key=lambda j: summary["jobs"][j.name]["val_top1_mean_over_exits"])
         choice = {"lr": best.lr, "mix_prob": best.mix_prob, "chosen_by": best.name}
         summary["recipe"] = choice
-        atomic_write_json(os.path.join(out, "summary.json"), summary)
-        write_report(out)
+        save()
     if not choice:
         raise SystemExit("error: no recipe chosen yet: run the pilot phase first (--phases pilot)")
     jobs = [j for j in later_jobs(s, choice["lr"], choice["mix_prob"]) if j.phase in FLAGS.phases]
     for phase, group in run_groups(jobs):
         for job in group:
-            print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: {progress(jobs, work, summary['jobs'])}", flush=True)
+            print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: "
+                  f"{progress(jobs, work, summary['jobs'], carry)}", flush=True)
             if job.name not in summary["jobs"]:
-                train(job, s, work)
-                run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
-                finish(job, f"cifar10_cpu30: {phase} run {job.name} finished")
+                run_job(job, evaluate=True)
+            elif backfill_predictions(job, work, out):
+                save()
+            if job.phase in ("main", "seed") and model_cascade(job, s, work, summary):
+                save(f"cifar10_cpu30: cascade sweep of {job.name}'s float32 and int8 bundles")
         # Every finished run of the phase so far (the main phase comes in two parts), each
         # against the phase's baseline, which is in its first part.
-        phase_jobs = [j for j in jobs if j.phase == phase and j.name in summary["jobs"]]
-        baseline = phase_baseline(phase_jobs, s["main"][-1])
-        paired = summary.setdefault("paired", {})
-        for job in phase_jobs:
-            if job is not baseline and job.name not in paired:
-                paired[job.name] = paired_errors(os.path.join(work, job.name), os.path.join(work, baseline.name))
-        atomic_write_json(os.path.join(out, "summary.json"), summary)
-        if phase == "main":
-            main_cascade(s, work, out, summary, [j.preset for j in phase_jobs])
-            atomic_write_json(os.path.join(out, "summary.json"), summary)
-            write_report(out)
-            if FLAGS.commit:
-                _commit(out, "cifar10_cpu30: plots, paired errors and cascade sweep of the main models")
+        pair_phase([j for j in jobs if j.phase == phase and j.name in summary["jobs"]], out, s["main"][-1],
+                   summary.setdefault("paired", {}))
+        save(f"cifar10_cpu30: paired errors of the {phase} runs")
     print(write_report(out))
     return 0
 
 
-def main_cascade(s, work: str, out: str, summary: dict, presets: list[str]) -> None:
-    """Overlay plots, float32/int8 bundles and the cascade sweep of the finished main models
-    ``presets``; run again when more have finished."""
+def model_cascade(job: Job, s, work: str, summary: dict) -> bool:
+    """Exports a finished model (float32, int8) and sweeps both bundles through the cascade
+    runner, unless done before; returns whether it measured anything. Needs the run directory,
+    so it runs as soon as the model has finished."""
     from tf_fusionnet.data.sources import load_dataset
+
+    cascade = summary.setdefault("cascade", {})
+    todo = [p for p in ("float32", "int8") if f"{job.name} {p}" not in cascade]
+    run = os.path.join(work, job.name)
+    if not todo or not os.path.exists(os.path.join(run, "model.keras")):
+        return False
+    bundle = os.path.join(work, f"bundle-{job.name}")
+    if not os.path.exists(os.path.join(bundle, "manifest.json")):
+        run_command([sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle,
+                     "--precision", "float32,int8"])
+    test = load_dataset(s["data"])
+    n = FLAGS.cascade_images or len(test.test_labels)
+    for precision in todo:
+        cascade[f"{job.name} {precision}"] = cascade_sweep(bundle, precision, test.test_images[:n],
+                                                           test.test_labels[:n])
+    return True
+
+
+MAIN_PLOTS = ("anytime.png", "budgeted.png", "cascade_ms.png")
+
+
+def plot_main(out: str, summary: dict) -> list[str]:
+    """out/anytime.png, budgeted.png (main and second-seed models) and cascade_ms.png, drawn
+    from summary.json alone; returns the names drawn."""
     from tf_fusionnet.evaluation.plots import plot_curves
 
-    runs = [os.path.join(work, p) for p in presets]
-    cascade = summary.setdefault("cascade", {})
-    if all(f"{p} {precision}" in cascade for p in presets for precision in ("float32", "int8")) and \
-            os.path.exists(os.path.join(out, "cascade_ms.png")):
-        return  # done in an earlier invocation (whose run directories may be gone since)
-    run_command([sys.executable, "evaluate.py", *sum((["--run", r] for r in runs), []), "--out", out])
-    test = None
-    for preset, run in zip(presets, runs):
-        bundle = os.path.join(work, f"bundle-{preset}")
-        if not os.path.exists(os.path.join(bundle, "manifest.json")):
-            run_command([sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle,
-                         "--precision", "float32,int8"])
-        for precision in ("float32", "int8"):
-            if f"{preset} {precision}" in cascade:
-                continue
-            if test is None:
-                test = load_dataset(s["data"])
-            n = FLAGS.cascade_images or len(test.test_labels)
-            cascade[f"{preset} {precision}"] = cascade_sweep(bundle, precision, test.test_images[:n],
-                                                             test.test_labels[:n])
-    plot_curves(os.path.join(out, "cascade_ms.png"),
-                [{"label": k, "x": [p["mean_ms"] for p in v], "y": [p["top1"] for p in v]} for k, v in cascade.items()],
-                "Cascade on device (1 thread, batch 1)", xlabel="mean ms per image", x_scale=1.0)
+    entries = [j for j in summary["jobs"].values() if j["phase"] in ("main", "seed")]
+    drawn = []
+    if entries:
+        plot_curves(os.path.join(out, MAIN_PLOTS[0]), [dict(zip(("label", "x", "y"), (j["name"], *_curve(j))))
+                                                       for j in entries], "Anytime prediction (test)")
+        plot_curves(os.path.join(out, MAIN_PLOTS[1]),
+                    [{"label": j["name"], "x": [p["avg_macs"] for p in j["budgeted"]],
+                      "y": [p["top1"] for p in j["budgeted"]], "marker": "."} for j in entries],
+                    "Budgeted batch classification (test)", xlabel="average MACs per image (M)")
+        drawn += MAIN_PLOTS[:2]
+    if summary.get("cascade"):
+        plot_curves(os.path.join(out, MAIN_PLOTS[2]),
+                    [{"label": k, "x": [p["mean_ms"] for p in v], "y": [p["top1"] for p in v]}
+                     for k, v in summary["cascade"].items()],
+                    "Cascade on device (1 thread, batch 1)", xlabel="mean ms per image", x_scale=1.0)
+        drawn.append(MAIN_PLOTS[2])
+    return drawn
 
 
 def _se_range(rows) -> str:
@@ -397,6 +582,7 @@ def write_report(out: str) -> str:
 
     summary = _load_summary(out)
     jobs = summary["jobs"]
+    drawn = plot_main(out, summary)
     lines = ["# CIFAR-10, 30 epochs: FusionNet against MSDNet (issue 17)", "",
              "Written by `benchmarks/cifar10_cpu30.py` from `summary.json`; test top-1 in %, MACs per image.", ""]
     pilots = [j for j in jobs.values() if j["phase"] == "pilot"]
@@ -430,7 +616,14 @@ def write_report(out: str) -> str:
             lines.append(f"| {j['name']} | {j['epochs']} | {', '.join(f'{x / 1e6:.1f}' for x in xs)} | "
                          f"{', '.join(_pct(y) for y in ys)} | {delta_text} | " + " | ".join(_pct(b) for b in budget)
                          + f" | {_se_range(paired.get(j['name']))} |")
+        unpaired = [j["name"] for j in entries if j is not baseline and not paired.get(j["name"])]
+        if unpaired:
+            lines += ["", f"Paired SE \"-\": {', '.join(f'`{n}`' for n in unpaired)} kept no per-image test "
+                      "predictions (finished before the driver kept them, run directory gone since, or its "
+                      "baseline has none), so it cannot be paired; the noise below uses the pairs that can."]
         lines.append("")
+        if phase == "main":
+            lines += [f"![{name[:-4]}]({name})" for name in drawn if name in MAIN_PLOTS[:2]] + [""]
         if phase == "ablation" and len(entries) > 1:
             plot_ablation(out, entries)
             lines += [f"![ablation, anytime]({ABLATION_PLOT})", ""]
@@ -445,7 +638,7 @@ def write_report(out: str) -> str:
                   for b in BUDGETS_M]
             lines.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in ms)
                          + f" | {_pct(points[-1]['top1'])} |")
-        lines.append("")
+        lines += ["", f"![cascade]({MAIN_PLOTS[2]})", ""]
     lines += _noise_and_verdicts(summary)
     text = "\n".join(lines) + "\n"
     atomic_write_text(os.path.join(out, "results.md"), text)
@@ -477,7 +670,7 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
     others = [j for j in main if j is not base]
     cand = next((j for j in others if j["preset"] == summary.get("candidate_preset")), others[0])
     errors = [p["standard_error"] for name, rows in summary.get("paired", {}).items()
-              if jobs.get(name, {}).get("phase") == "main" for p in rows]
+              if jobs.get(name, {}).get("phase") in ("main", "seed") for p in rows]
     spreads = []
     for seeded in (j for j in jobs.values() if j["phase"] == "seed"):
         first = next((j for j in jobs.values() if j["phase"] in ("main", "ablation")

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 from conftest import load_benchmark_script
 
@@ -156,16 +158,17 @@ def test_warmup_follows_the_papers_share(bench):
     assert bench.Job("a", "main", "p", 300, 0, 0.1, 0.0).warmup_epochs == 20
 
 
-def test_run_order_pair_first_and_ranet_last(bench):
+def test_run_order_pair_first_its_second_seed_next_and_ranet_last(bench):
     settings = dict(main=["fusionnet-cifar", "ranet-cifar", "msdnet-cifar-anytime"], epochs=30, ablation_epochs=10,
-                    seed_epochs=10, ablations=("fusionnet-cifar-nofusion", "msdnet-cifar-fusion"))
+                    seed_epochs=30, ablations=("fusionnet-cifar-nofusion", "msdnet-cifar-fusion"))
     jobs = bench.later_jobs(settings, 0.05, 0.0)
     assert [j.name for j in jobs] == [
-        "fusionnet-cifar", "msdnet-cifar-anytime", "fusionnet-cifar-10ep", "msdnet-cifar-anytime-10ep",
-        "fusionnet-cifar-nofusion-10ep", "msdnet-cifar-fusion-10ep", "fusionnet-cifar-10ep-seed1",
-        "msdnet-cifar-anytime-10ep-seed1", "ranet-cifar"]
+        "fusionnet-cifar", "msdnet-cifar-anytime", "fusionnet-cifar-30ep-seed1", "msdnet-cifar-anytime-30ep-seed1",
+        "fusionnet-cifar-10ep", "msdnet-cifar-anytime-10ep", "fusionnet-cifar-nofusion-10ep",
+        "msdnet-cifar-fusion-10ep", "ranet-cifar"]
     assert [(phase, len(group)) for phase, group in bench.run_groups(jobs)] == [
-        ("main", 2), ("ablation", 4), ("seed", 2), ("main", 1)]
+        ("main", 2), ("seed", 2), ("ablation", 4), ("main", 1)]
+    assert [j.seed for j in jobs[2:4]] == [1, 1]
     assert jobs[-1].phase == "main" and jobs[-1].epochs == 30 and jobs[-1].warmup_epochs == 2
 
 
@@ -186,8 +189,131 @@ def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(bench, tmp
     assert lines[4].split() == ["main", "fusionnet-cifar", "finished,", "results", "in", "--out"]
     assert lines[5].split() == ["main", "msdnet-cifar-anytime", "1", "of", "5", "epochs"]
     assert lines[6].split()[-2:] == ["not", "started"]
-    (work / "fusionnet-cifar-1ep").mkdir()  # a run that train.py has begun
+    (work / "fusionnet-cifar-1ep-seed1").mkdir()  # a run that train.py has begun
     assert bench.status(settings, str(work), summary).splitlines()[6].endswith("started, no epoch finished yet")
     # 4 pilot + 5 + 1 epochs done; 4 + 1 + 1 + 1 + 1 left at the median of the last 5 epochs, 300 s
     # (the median of all six, slowed by the first ones, is 600 s).
     assert lines[-1].startswith("all: 10 of 18 epochs done, about 0.7 h left at 300 s per epoch")
+
+
+def _fake_run(run, epochs, weights=b"w"):
+    """A run folder as train.py leaves it after ``epochs`` finished epochs (files only)."""
+    (run / "backup").mkdir(parents=True, exist_ok=True)
+    (run / "backup" / "latest.weights.h5").write_bytes(weights)
+    (run / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": epochs, "batch": -1}))
+    (run / "log.csv").write_text("epoch,epoch_seconds\n" + "".join(f"{i + 1},300\n" for i in range(epochs)))
+    (run / "config.json").write_text(json.dumps({"train": {"epochs": 30}}))
+    (run / "best.keras.json").write_text(json.dumps({"epoch": epochs, "value": 0.5}))
+    (run / "best.keras").write_bytes(b"best")
+    (run / "model.keras").write_bytes(b"last")
+
+
+def test_carry_copies_one_epoch_and_resumes_a_lost_or_shorter_run(bench, tmp_path):
+    run, carried = tmp_path / "work" / "msdnet", tmp_path / "carry" / "msdnet"
+    _fake_run(run, 3, weights=b"epoch3")
+    assert bench.save_carry(str(run), str(carried), epochs=30) == 3
+    assert bench.epochs_carried(str(carried)) == 3
+    assert (carried / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
+    # Neither model is carried before the last epoch (the backup holds the weights; best is only its record).
+    assert not (carried / "model.keras").exists() and not (carried / "best.keras").exists()
+    assert (carried / "best.keras.json").exists() and not (tmp_path / "carry" / "msdnet.partial").exists()
+
+    # A fresh machine: the run folder is gone, and comes back from the carried state.
+    lost = tmp_path / "fresh" / "msdnet"
+    assert bench.restore_carry(str(carried), str(lost)) == 3
+    assert (lost / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
+    assert len(bench._log_rows(str(lost))) == 3
+    # A run that is further along than the carried state is left alone.
+    _fake_run(run, 5, weights=b"epoch5")
+    assert bench.restore_carry(str(carried), str(run)) == 0
+    assert (run / "backup" / "latest.weights.h5").read_bytes() == b"epoch5"
+    # A shorter run is brought forward; its own models are of an older epoch and go.
+    short = tmp_path / "short" / "msdnet"
+    _fake_run(short, 1, weights=b"epoch1")
+    assert bench.restore_carry(str(carried), str(short)) == 3
+    assert (short / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
+    assert not (short / "model.keras").exists() and not (short / "best.keras").exists()
+
+
+def test_carry_takes_model_keras_once_the_last_epoch_is_done(bench, tmp_path):
+    run, carried = tmp_path / "run", tmp_path / "carried"
+    _fake_run(run, 30)
+    bench.save_carry(str(run), str(carried), epochs=30)
+    assert (carried / "model.keras").read_bytes() == b"last"
+
+
+def test_carry_never_mixes_two_epochs(bench, tmp_path):
+    """Mid epoch end (the log has epoch 4, the backup still 3) nothing is copied: the copy waits."""
+    run = tmp_path / "run"
+    _fake_run(run, 3)
+    (run / "log.csv").write_text("epoch,epoch_seconds\n" + "".join(f"{i + 1},300\n" for i in range(4)))
+    with pytest.raises(RuntimeError, match="did not agree"):
+        bench.save_carry(str(run), str(tmp_path / "carried"), epochs=30, timeout_s=0.0, poll_s=0.0)
+    assert not (tmp_path / "carried").exists()
+
+
+def test_status_counts_carried_epochs(bench, tmp_path):
+    settings = dict(main=["fusionnet-cifar", "msdnet-cifar-anytime"], epochs=5, ablation_epochs=1, seed_epochs=1,
+                    ablations=(), pilot_preset="msdnet-cifar-anytime", pilot_epochs=1,
+                    pilot_lrs=["0.05"], pilot_mix=["0"])
+    _fake_run(tmp_path / "carry" / "msdnet-cifar-anytime", 3)
+    summary = {"jobs": {"pilot-lr0.05-mix0": {}, "fusionnet-cifar": {}}, "recipe": {"lr": 0.05, "mix_prob": 0.0}}
+    text = bench.status(settings, str(tmp_path / "work"), summary, str(tmp_path / "carry"))
+    assert "msdnet-cifar-anytime                     not started (3 carried in --carry, resumed from there)" in text
+    # Done: the pilot (1), FusionNet (5) and MSDNet's 3 carried; left: 2 of MSDNet and 4 one-epoch runs.
+    assert text.splitlines()[-1] == "all: 9 of 15 epochs done, about 0.5 h left at 300 s per epoch (the last epochs'; " \
+                                    "larger models take longer)"
+
+
+def _predictions(correct_per_exit):
+    """Predictions whose correctness per exit is ``correct_per_exit`` (lists of bools, label 0)."""
+    correct = np.asarray(correct_per_exit, bool)
+    return {"predicted": np.where(correct, 0, 1).astype(np.uint8),
+            "confidence": np.full(correct.shape, 0.5, np.float16), "labels": np.zeros(correct.shape[1], np.uint8)}
+
+
+def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(bench, tmp_path):
+    """Paired errors come from out/NAME/test_predictions.npz; a run without them is left unpaired,
+    and the report says why instead of showing a made-up error."""
+    from common import load_predictions, save_predictions
+
+    a = _predictions([[1, 1, 0, 1], [1, 1, 1, 1]])
+    base = _predictions([[1, 0, 0, 0], [1, 1, 1, 0]])
+    for name, preds in (("fusionnet-cifar-30ep-seed1", a), ("msdnet-cifar-anytime-30ep-seed1", base)):
+        save_predictions(str(tmp_path / name / bench.PREDICTIONS), preds)
+    kept = load_predictions(str(tmp_path / "fusionnet-cifar-30ep-seed1" / bench.PREDICTIONS))
+    assert kept["predicted"].dtype == np.uint8 and np.array_equal(kept["predicted"], a["predicted"])
+    jobs = [bench.Job(n, "seed", p, 30, 1, 0.05, 0.0) for n, p in (
+        ("fusionnet-cifar-30ep-seed1", "fusionnet-cifar"), ("msdnet-cifar-anytime-30ep-seed1", "msdnet-cifar-anytime"))]
+    paired = {}
+    bench.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired)
+    assert list(paired) == ["fusionnet-cifar-30ep-seed1"]
+    first = paired["fusionnet-cifar-30ep-seed1"][0]
+    assert first["top1_difference"] == pytest.approx(0.5)  # 3 of 4 against 1 of 4
+    assert first["standard_error"] == pytest.approx(np.std([0, 1, 0, 1], ddof=1) / 2)
+    # The main pair's FusionNet kept nothing: nothing is paired, and the report names it.
+    main = [bench.Job(p, "main", p, 30, 0, 0.05, 0.0) for p in ("fusionnet-cifar", "msdnet-cifar-anytime")]
+    save_predictions(str(tmp_path / "msdnet-cifar-anytime" / bench.PREDICTIONS), base)
+    bench.pair_phase(main, str(tmp_path), "msdnet-cifar-anytime", paired)
+    assert "fusionnet-cifar" not in paired
+    with pytest.raises(ValueError, match="different images"):
+        bench.paired_errors_of(a, {**base, "labels": np.ones(4, np.uint8)})
+
+    exits = [(17, 0.80), (63, 0.86)]
+    summary = {"jobs": {"fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", exits),
+                        "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime", exits),
+                        "fusionnet-cifar-30ep-seed1": _job("fusionnet-cifar-30ep-seed1", "seed", "fusionnet-cifar",
+                                                           exits, seed=1),
+                        "msdnet-cifar-anytime-30ep-seed1": _job("msdnet-cifar-anytime-30ep-seed1", "seed",
+                                                                "msdnet-cifar-anytime", exits, seed=1)},
+               "paired": paired, "baseline_preset": "msdnet-cifar-anytime", "candidate_preset": "fusionnet-cifar",
+               "cascade": {"fusionnet-cifar-30ep-seed1 int8": [{"budget_macs": 2e7, "mean_ms": 1.0, "mean_macs": 2e7,
+                                                                "top1": 0.8}]}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = bench.write_report(str(tmp_path))
+    assert "Paired SE \"-\": `fusionnet-cifar` kept no per-image test predictions" in text
+    assert "| fusionnet-cifar-30ep-seed1 | 30 |" in text and "| 25.00-28.87 |" in text
+    assert "Paired standard error of a same-exit test top-1 difference: 25.00 to 28.87 points" in text
+    # The plots are drawn from summary.json alone (no run folder here) and linked.
+    for name in ("anytime.png", "budgeted.png", "cascade_ms.png"):
+        assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in text
