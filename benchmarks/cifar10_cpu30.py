@@ -284,6 +284,13 @@ def save_carry(run: str, dest: str, epochs: int, timeout_s: float = 1800.0, poll
         time.sleep(poll_s)
 
 
+def _read(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
 def restore_carry(carried: str, run: str) -> int:
     """Puts a carried state into ``run`` when it holds more finished epochs; returns the epochs restored (0: none).
 
@@ -294,7 +301,7 @@ def restore_carry(carried: str, run: str) -> int:
         return 0
     # The run's own models are of an earlier epoch than the carried state: never served as its.
     best_record = os.path.join(run, "best.keras.json")
-    old_best = open(best_record).read() if os.path.exists(best_record) else None
+    old_best = _read(best_record)
     for root, _, files in os.walk(carried):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), carried)
@@ -302,7 +309,7 @@ def restore_carry(carried: str, run: str) -> int:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(os.path.join(root, name), target)
     stale = ["model.keras"] if not os.path.exists(os.path.join(carried, "model.keras")) else []
-    if old_best is None or not os.path.exists(best_record) or open(best_record).read() != old_best:
+    if old_best is None or _read(best_record) != old_best:
         stale.append("best.keras")
     for name in stale:
         if os.path.exists(os.path.join(run, name)):

@@ -317,3 +317,15 @@ def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(be
     # The plots are drawn from summary.json alone (no run folder here) and linked.
     for name in ("anytime.png", "budgeted.png", "cascade_ms.png"):
         assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in text
+
+
+def test_git_keeps_every_carried_file(bench):
+    """The checkout ignores *.keras; a carried model.keras must still be committed, or a finished
+    but unevaluated run would come back without the model its evaluation reads."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = [os.path.join("benchmarks", "carry", "cifar10_cpu30", "run", n) for n in (*bench.CARRIED, "model.keras")]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
+    assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout
