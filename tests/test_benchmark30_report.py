@@ -13,8 +13,9 @@ def bench():
     return load_benchmark_script("cifar10_cpu30")
 
 
-def _job(name, phase, preset, exits, epochs=30, seed=0, budgeted=()):
+def _job(name, phase, preset, exits, epochs=30, seed=0, budgeted=(), test_images=10000):
     return {"name": name, "phase": phase, "preset": preset, "epochs": epochs, "seed": seed, "lr": 0.05,
+            "test_images": test_images,
             "mix_prob": 0.0, "anytime": [{"exit": i + 1, "macs": m * 1e6, "top1": a} for i, (m, a) in enumerate(exits)],
             "budgeted": [{"avg_macs": m * 1e6, "top1": a} for m, a in budgeted]}
 
@@ -329,3 +330,22 @@ def test_git_keeps_every_carried_file(bench):
     names = [os.path.join("benchmarks", "carry", "cifar10_cpu30", "run", n) for n in (*bench.CARRIED, "model.keras")]
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
     assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout
+
+
+def test_without_paired_errors_the_noise_is_the_unpaired_bound_and_without_any_measure_no_verdict(bench, tmp_path):
+    """The main pair finished, but FusionNet kept no per-image predictions and no second seed has
+    run: the claims are read against the (larger) unpaired error, never against zero noise."""
+    jobs = {"fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", [(17, 0.80), (63, 0.90)]),
+            "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime",
+                                         [(15, 0.78), (76, 0.83)])}
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
+    text = bench.write_report(str(tmp_path))
+    # sqrt(0.8 * 0.2 / 1e4 + 0.78 * 0.22 / 1e4) = 0.5758%, sqrt(0.9 * 0.1 / 1e4 + 0.83 * 0.17 / 1e4) = 0.4807%
+    assert "the unpaired bound" in text and "0.48 to 0.58 points" in text
+    assert "real only beyond 1.15 points" in text
+    assert "at +7.00 points: supported" in text  # last exit: 90 against 83, far beyond 1.15
+    for entry in jobs.values():
+        del entry["test_images"]
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
+    text = bench.write_report(str(tmp_path))
+    assert "No verdict yet: no measure of the noise" in text and "supported" not in text
