@@ -93,6 +93,8 @@ flags.DEFINE_string("carry", os.path.join(ROOT, "benchmarks", "carry", "cifar10_
                     "Resume state of unfinished runs kept in the checkout (see --carry_now).")
 flags.DEFINE_bool("carry_now", False, "Only copy every unfinished run's last finished epoch into --carry (and "
                   "commit it with --commit), then exit; safe while another invocation trains.")
+flags.DEFINE_string("carry_at", "", "HH:MM (local time): also carry, as --carry_now does, once at that time "
+                    "(say 15 minutes before the machine goes), while training goes on.")
 flags.DEFINE_bool("commit", False, "git commit --out and --carry after each finished run.")
 flags.DEFINE_bool("smoke", False, "Tiny presets on the embedded sample, 1 epoch per run.")
 flags.DEFINE_bool("report_only", False, "Only rewrite results.md from --out.")
@@ -411,6 +413,22 @@ def _load_summary(out: str) -> dict:
     return {"jobs": {}}
 
 
+def seconds_until(hh_mm: str, now: float | None = None) -> float:
+    """Seconds from ``now`` (default: the time) to the next HH:MM, local time."""
+    import datetime
+
+    try:
+        hour, minute = (int(x) for x in hh_mm.split(":"))
+        at = datetime.time(hour, minute)
+    except ValueError:
+        raise SystemExit(f"error: --carry_at {hh_mm!r}: give a time as HH:MM") from None
+    current = datetime.datetime.fromtimestamp(time.time() if now is None else now)
+    target = datetime.datetime.combine(current.date(), at)
+    if target <= current:
+        target += datetime.timedelta(days=1)
+    return (target - current).total_seconds()
+
+
 def carry_now(jobs: list[Job], work: str, carry: str, finished: dict) -> list[str]:
     """Carries every unfinished run of ``jobs`` that has a finished epoch; returns what it did."""
     done = []
@@ -447,7 +465,8 @@ def main(argv):
         raise SystemExit(f"error: --phases: unknown {', '.join(unknown)} (choose from {', '.join(PHASES)})")
     s = _settings()
     summary = _load_summary(out)
-    if FLAGS.carry_now:
+
+    def carry_and_commit() -> None:
         recipe = summary.get("recipe")
         jobs = pilot_jobs(s) + (later_jobs(s, recipe["lr"], recipe["mix_prob"]) if recipe else [])
         lines = carry_now(jobs, work, carry, summary["jobs"])
@@ -455,7 +474,18 @@ def main(argv):
         if FLAGS.commit and lines:
             _commit([carry], "cifar10_cpu30: carry the unfinished runs' last finished epochs into the checkout "
                              "(" + "; ".join(lines) + ")")
+
+    if FLAGS.carry_now:
+        carry_and_commit()
         return 0
+    if FLAGS.carry_at:
+        import threading
+
+        delay = seconds_until(FLAGS.carry_at)
+        print(f"carrying the unfinished runs in {delay / 60:.0f} min ({FLAGS.carry_at})", flush=True)
+        timer = threading.Timer(delay, carry_and_commit)
+        timer.daemon = True  # the driver need not wait for it once its runs are done
+        timer.start()
     os.makedirs(out, exist_ok=True)
     os.makedirs(work, exist_ok=True)
     summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),

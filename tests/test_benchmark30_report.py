@@ -349,3 +349,13 @@ def test_without_paired_errors_the_noise_is_the_unpaired_bound_and_without_any_m
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
     text = bench.write_report(str(tmp_path))
     assert "No verdict yet: no measure of the noise" in text and "supported" not in text
+
+
+def test_carry_at_is_the_next_such_time(bench):
+    import datetime
+
+    now = datetime.datetime(2026, 12, 2, 8, 0).timestamp()
+    assert bench.seconds_until("08:22", now) == 22 * 60
+    assert bench.seconds_until("07:59", now) == 24 * 3600 - 60  # passed today: tomorrow's
+    with pytest.raises(SystemExit, match="HH:MM"):
+        bench.seconds_until("8h22", now)
