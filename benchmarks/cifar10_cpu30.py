@@ -5,6 +5,7 @@
     python benchmarks/cifar10_cpu30.py --report_only   # rewrite results.md from --out
     python benchmarks/cifar10_cpu30.py --status        # what is done and left, without training
     python benchmarks/cifar10_cpu30.py --smoke         # tiny presets on the embedded sample (own folders)
+    python benchmarks/cifar10_cpu30.py --commit --carry_at 08:25   # and carry the unfinished runs at 08:25
 
 Phases, each a list of train.py runs on the 45,000/5,000 split of the CIFAR-10 JPEG archive:
 
