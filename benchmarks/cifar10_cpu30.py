@@ -580,13 +580,17 @@ def plot_main(out: str, summary: dict) -> list[str]:
     from tf_fusionnet.evaluation.plots import plot_curves
 
     entries = [j for j in summary["jobs"].values() if j["phase"] in ("main", "seed")]
+    presets = list(dict.fromkeys(j["preset"] for j in entries))
+    # One colour per model; its second seed dashed.
+    styles = [{"color": presets.index(j["preset"]), "linestyle": "--" if j["seed"] else "-"} for j in entries]
     drawn = []
     if entries:
-        plot_curves(os.path.join(out, MAIN_PLOTS[0]), [dict(zip(("label", "x", "y"), (j["name"], *_curve(j))))
-                                                       for j in entries], "Anytime prediction (test)")
+        plot_curves(os.path.join(out, MAIN_PLOTS[0]),
+                    [{"label": j["name"], "x": _curve(j)[0], "y": _curve(j)[1], **st} for j, st in zip(entries, styles)],
+                    "Anytime prediction (test)")
         plot_curves(os.path.join(out, MAIN_PLOTS[1]),
                     [{"label": j["name"], "x": [p["avg_macs"] for p in j["budgeted"]],
-                      "y": [p["top1"] for p in j["budgeted"]], "marker": "."} for j in entries],
+                      "y": [p["top1"] for p in j["budgeted"]], "marker": ".", **st} for j, st in zip(entries, styles)],
                     "Budgeted batch classification (test)", xlabel="average MACs per image (M)")
         drawn += MAIN_PLOTS[:2]
     if summary.get("cascade"):

@@ -19,7 +19,9 @@ def plot_curves(
 
     Args:
         curves: dicts with ``label``, ``x`` (raw units, divided by ``x_scale``)
-            and ``y`` (fractions, shown in percent); optional ``marker``.
+            and ``y`` (fractions, shown in percent); optional ``marker``, ``linestyle``
+            and ``color`` (an int: that colour of matplotlib's cycle, so that curves of one
+            model share it).
     """
     import matplotlib
 
@@ -29,8 +31,10 @@ def plot_curves(
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for curve in curves:
         points = sorted(zip(curve["x"], curve["y"]))
+        style = {"color": f"C{curve['color']}"} if "color" in curve else {}
         ax.plot([x / x_scale for x, _ in points], [100 * y for _, y in points],
-                marker=curve.get("marker", "o"), markersize=4, linewidth=1.5, label=curve["label"])
+                marker=curve.get("marker", "o"), markersize=4, linewidth=1.5, label=curve["label"],
+                linestyle=curve.get("linestyle", "-"), **style)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
