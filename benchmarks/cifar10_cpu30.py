@@ -634,6 +634,10 @@ def write_report(out: str) -> str:
 
     summary = _load_summary(out)
     jobs = summary["jobs"]
+    for name, entry in jobs.items():  # entries written before the test-set size was kept
+        path = os.path.join(out, name, "budgeted.json")
+        if entry.get("phase") != "pilot" and "test_images" not in entry and os.path.exists(path):
+            entry["test_images"] = budgeted_entry(path)["test_images"]
     drawn = plot_main(out, summary)
     lines = ["# CIFAR-10, 30 epochs: FusionNet against MSDNet (issue 17)", "",
              "Written by `benchmarks/cifar10_cpu30.py` from `summary.json`; test top-1 in %, MACs per image.", ""]
