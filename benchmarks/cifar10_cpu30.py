@@ -757,7 +757,34 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
         return lines + ["No verdict yet: no measure of the noise (paired errors, test-set size or second seed).", ""]
     for baseline in [base] + [j for j in main if j is not base and j is not cand]:
         lines += _claims_against(cand, baseline, noise)
+    means = {}
+    for model in (cand, base):
+        runs = [model] + [j for j in jobs.values() if j["phase"] == "seed" and j["preset"] == model["preset"]
+                          and j["epochs"] == model["epochs"]]
+        if len(runs) > 1:
+            means[model["preset"]] = seed_mean(runs)
+    if len(means) == 2:
+        c, b = means[cand["preset"]], means[base["preset"]]
+        lines += [f"Mean of seeds {', '.join(str(s) for s in c['seeds'])} of each model (every seed's difference "
+                  "above and in the seed table; the same threshold, although the mean of two runs varies less "
+                  "than one):", ""]
+        lines += _claims_against(c, b, noise)
     return lines + _ablation_verdicts(jobs, cand, base, noise) + [""]
+
+
+def seed_mean(runs: list[dict]) -> dict:
+    """One entry for several seeds of one preset: per-exit test top-1 averaged (the exits cost the
+    same MACs in every seed) and budgeted top-1 averaged at each of ``BUDGETS_M`` (each run's
+    budgeted curve interpolated there first, since their thresholds land at different costs)."""
+    anytime = [{"exit": e[0]["exit"], "macs": e[0]["macs"], "top1": float(np.mean([x["top1"] for x in e]))}
+               for e in zip(*(r["anytime"] for r in runs))]
+    budgeted = []
+    for b in BUDGETS_M:
+        points = [interpolate(*_budget_curve(r), b * 1e6) for r in runs]
+        if all(p is not None for p in points):
+            budgeted.append({"avg_macs": b * 1e6, "top1": float(np.mean(points))})
+    return {"name": f"mean of {', '.join(r['name'] for r in runs)}", "preset": runs[0]["preset"],
+            "seeds": [r["seed"] for r in runs], "anytime": anytime, "budgeted": budgeted}
 
 
 def unpaired_bounds(a: dict, b: dict) -> list[float]:

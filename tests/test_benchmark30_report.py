@@ -361,3 +361,34 @@ def test_carry_at_is_the_next_such_time(bench):
     assert bench.seconds_until("07:59", now) == 24 * 3600 - 60  # passed today: tomorrow's
     with pytest.raises(SystemExit, match="HH:MM"):
         bench.seconds_until("8h22", now)
+
+
+def test_claims_are_also_read_on_the_mean_of_the_two_seeds(bench, tmp_path):
+    """With a second seed of both models, the claims are read once more on the per-model seed means
+    (per exit, and at each budget after interpolating each run's budgeted curve)."""
+    jobs = {
+        "fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", [(17, 0.80), (63, 0.86)],
+                                budgeted=[(20, 0.81), (40, 0.84)]),
+        "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime",
+                                     [(15, 0.78), (76, 0.87)], budgeted=[(20, 0.80), (40, 0.84)]),
+        "fusionnet-cifar-30ep-seed1": _job("fusionnet-cifar-30ep-seed1", "seed", "fusionnet-cifar",
+                                           [(17, 0.81), (63, 0.88)], seed=1, budgeted=[(30, 0.85)]),
+        "msdnet-cifar-anytime-30ep-seed1": _job("msdnet-cifar-anytime-30ep-seed1", "seed", "msdnet-cifar-anytime",
+                                                [(15, 0.79), (76, 0.87)], seed=1, budgeted=[(20, 0.81), (40, 0.85)]),
+    }
+    mean = bench.seed_mean([jobs["fusionnet-cifar"], jobs["fusionnet-cifar-30ep-seed1"]])
+    assert [e["top1"] for e in mean["anytime"]] == pytest.approx([0.805, 0.87]) and mean["seeds"] == [0, 1]
+    # Seed 1's budgeted curve (17M: 0.81, 30M: 0.85, 63M: 0.88) at 20M: 0.8192; seed 0's: 0.81.
+    assert mean["budgeted"][0] == {"avg_macs": 20e6, "top1": pytest.approx((0.81 + 0.81 + 0.04 * 3 / 13) / 2)}
+    paired = {"fusionnet-cifar-30ep-seed1": [{"exit": 1, "top1_difference": 0.02, "standard_error": 0.002}]}
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime",
+                                                       "paired": paired}))
+    claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
+    # Noise: the seed spread of FusionNet's last exit (2.00 points) beats two paired SEs (0.40).
+    # Seed 0's last exit: 86 against 87, within noise; the mean: 87 against 87.
+    last = [line for line in claims.splitlines() if line.startswith("- Last exit")]
+    assert len(last) == 2 and "at -1.00 points: within noise" in last[0] and "at +0.00 points" in last[1]
+    assert claims.index("Mean of seeds 0, 1 of each model") < claims.index(last[1])
+    del jobs["msdnet-cifar-anytime-30ep-seed1"]
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
+    assert "Mean of seeds" not in bench.write_report(str(tmp_path))
