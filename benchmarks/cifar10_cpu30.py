@@ -337,9 +337,14 @@ def collect(job: Job, work: str, out: str) -> dict:
     dest = os.path.join(out, job.name)
     os.makedirs(dest, exist_ok=True)
     shutil.copy(os.path.join(run, "log.csv"), os.path.join(dest, "log.csv"))
+    from tf_fusionnet.utils import machine_info
+
     rows = _log_rows(run)
+    # summary.json's top-level "machine" is the latest invocation's; a run's seconds need their own
+    # (a carried run may have begun elsewhere: this is the machine it finished on).
     entry = {**dataclasses.asdict(job), "warmup_epochs": job.warmup_epochs,
-             "train_seconds": sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds"))}
+             "train_seconds": sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")),
+             "finished_on": machine_info()}
     if job.phase == "pilot":
         return {**entry, **pilot_score(rows)}
     for name in ("anytime.json", "anytime.csv", "budgeted.json", "budgeted.csv"):

@@ -392,3 +392,14 @@ def test_claims_are_also_read_on_the_mean_of_the_two_seeds(bench, tmp_path):
     del jobs["msdnet-cifar-anytime-30ep-seed1"]
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
     assert "Mean of seeds" not in bench.write_report(str(tmp_path))
+
+
+def test_each_run_records_the_machine_it_finished_on(bench, tmp_path):
+    """summary.json's top-level machine is rewritten by every invocation, so a run's seconds keep
+    their own CPU record."""
+    job = bench.Job("pilot-x", "pilot", "msdnet-cifar-anytime", 1, 0, 0.05, 0.0)
+    (tmp_path / "work" / job.name).mkdir(parents=True)
+    (tmp_path / "work" / job.name / "log.csv").write_text("epoch,epoch_seconds,val_exit_1_accuracy\n1,12.5,0.4\n")
+    entry = bench.collect(job, str(tmp_path / "work"), str(tmp_path / "out"))
+    assert entry["train_seconds"] == 12.5 and entry["finished_on"]["cpu_count"] >= 1
+    assert entry["finished_on"]["cpu_model"] and "simd_flags" in entry["finished_on"]
