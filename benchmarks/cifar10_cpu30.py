@@ -393,21 +393,31 @@ def pair_phase(jobs: list[Job], out: str, base_preset: str, paired: dict) -> Non
             paired[job.name] = paired_errors_of(load_predictions(os.path.join(out, job.name, PREDICTIONS)), base)
 
 
-def _git(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+def _git(args: list[str], cwd: str = ROOT, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, **kwargs)
 
 
-def _commit(paths: list[str], message: str) -> None:
-    """Commits ``paths`` (additions and deletions) and nothing else; a path neither on disk nor
-    tracked is skipped. Retries while another invocation holds git's index lock."""
-    paths = [p for p in paths if os.path.exists(p) or _git(["ls-files", "--", p]).stdout.strip()]
+def _commit(paths: list[str], message: str, repo: str = ROOT) -> None:
+    """Commits ``paths`` (additions and deletions) and nothing else; a path with no file on disk,
+    in the index or in HEAD (an empty folder, say: the carry once its last run has finished) is
+    skipped, since git refuses the whole commit over it. Retries while another invocation holds
+    git's index lock."""
+    def known_to_git(path: str) -> bool:
+        return bool(_git(["ls-files", "--", path], repo).stdout.strip()
+                    or _git(["ls-tree", "-r", "--name-only", "HEAD", "--", path], repo).stdout.strip())
+
+    paths = [p for p in paths if os.path.exists(p) or known_to_git(p)]  # deleted since HEAD: stage it
     for attempt in range(10):
-        added = _git(["add", "-A", "--", *paths])
-        done = _git(["commit", "-q", "-m", message, "--", *paths]) if added.returncode == 0 else added
+        added = _git(["add", "-A", "--", *paths], repo)
+        known = [p for p in paths if known_to_git(p)]
+        if added.returncode == 0 and not known:
+            print(f"nothing to commit in {', '.join(paths) or 'no path'}: {message}", flush=True)
+            return
+        done = _git(["commit", "-q", "-m", message, "--", *known], repo) if added.returncode == 0 else added
         if done.returncode == 0 or "index.lock" not in done.stderr:
             break
         time.sleep(5)
-    print(f"committed {', '.join(os.path.relpath(p, ROOT) for p in paths)}: {message}" if done.returncode == 0
+    print(f"committed {', '.join(os.path.relpath(p, repo) for p in known)}: {message}" if done.returncode == 0
           else f"nothing committed ({(done.stdout + done.stderr).strip()})", flush=True)
 
 

@@ -1,5 +1,6 @@
 """The 30-epoch comparison's report: pilot choice on validation, matched-cost tables, noise and verdicts."""
 
+import subprocess
 import json
 
 import numpy as np
@@ -403,3 +404,30 @@ def test_each_run_records_the_machine_it_finished_on(bench, tmp_path):
     entry = bench.collect(job, str(tmp_path / "work"), str(tmp_path / "out"))
     assert entry["train_seconds"] == 12.5 and entry["finished_on"]["cpu_count"] >= 1
     assert entry["finished_on"]["cpu_model"] and "simd_flags" in entry["finished_on"]
+
+
+def test_commit_skips_an_empty_untracked_folder_and_commits_deletions(bench, tmp_path):
+    """The driver commits results and carry together; once the carry's last run finished, its
+    folder is empty and untracked, and git refused the whole commit over it (results were lost)."""
+    repo = tmp_path / "repo"
+    results, carry, old_carry = repo / "results", repo / "carry", repo / "old_carry"
+    results.mkdir(parents=True)
+    old_carry.mkdir()
+    (old_carry / "w.h5").write_text("w")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "carry"], cwd=repo, check=True)
+    (old_carry / "w.h5").unlink()
+    old_carry.rmdir()
+    carry.mkdir()
+    (results / "summary.json").write_text("{}")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        bench._commit([str(results), str(carry), str(old_carry)], "results", repo=str(repo))
+    tree = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert tree.stdout.split() == ["results/summary.json"]
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
+    assert status.stdout == ""
