@@ -74,6 +74,7 @@ def test_report_tables_noise_and_claims(bench, tmp_path):
             "+1.61 points over 1 exits: supported.") in claims
     # No stem ablation in this summary: the same-order claim cannot be read.
     assert "the larger at most 3x the smaller, both beyond noise): not measured." in claims
+    assert "gain read on MSDNet" not in claims  # no msdnet-cifar-fusion run either
 
 
 def test_contribution_gains_and_the_same_order_claim(bench):
@@ -107,6 +108,8 @@ def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
                                               "fusionnet-cifar-nofusion", [(20, 0.69), (60, 0.74)], epochs=10),
         "fusionnet-cifar-msdnetstem-10ep": _job("fusionnet-cifar-msdnetstem-10ep", "ablation",
                                                 "fusionnet-cifar-msdnetstem", [(20, 0.68), (60, 0.73)], epochs=10),
+        "msdnet-cifar-fusion-10ep": _job("msdnet-cifar-fusion-10ep", "ablation", "msdnet-cifar-fusion",
+                                         [(20, 0.774), (60, 0.807)], epochs=10),
         "ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (95, 0.85)]),
     }
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
@@ -122,6 +125,9 @@ def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
     assert "Gain of the fusion layer (`fusionnet-cifar-nofusion` against `fusionnet-cifar-10ep`): +1.50" in claims
     assert "Gain of the efficient stem (with the width it pays for) (`fusionnet-cifar-msdnetstem` against" in claims
     assert "both beyond noise): supported (ratio 1.7)." in claims
+    # Read on MSDNet (0.6941 at 20M, 0.7269 at 60M), the fusion layer gains 8.00 points: 3.2x the stem's.
+    assert ("- The same, with the fusion layer's gain read on MSDNet (`msdnet-cifar-fusion`): "
+            "not supported (one gain is 3.2x the other).") in claims
 
 
 def test_claims_are_read_against_ranet_too(bench, tmp_path):
