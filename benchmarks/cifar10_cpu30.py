@@ -580,10 +580,20 @@ def model_cascade(job: Job, s, work: str, summary: dict) -> bool:
                      "--precision", "float32,int8"])
     test = load_dataset(s["data"])
     n = FLAGS.cascade_images or len(test.test_labels)
+    from tf_fusionnet.utils import machine_info
+
+    measured_on = summary.setdefault("cascade_measured_on", {})
     for precision in todo:
         cascade[f"{job.name} {precision}"] = cascade_sweep(bundle, precision, test.test_images[:n],
                                                            test.test_labels[:n])
+        measured_on[f"{job.name} {precision}"] = {**machine_info(), "at": _utc_now()}
     return True
+
+
+def _utc_now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 MAIN_PLOTS = ("anytime.png", "budgeted.png", "cascade_ms.png")
@@ -700,20 +710,34 @@ def write_report(out: str) -> str:
             lines += [f"![ablation, anytime]({ABLATION_PLOT})", ""]
     cascade = summary.get("cascade", {})
     if cascade:
+        measured_on = summary.get("cascade_measured_on", {})
         lines += ["## Cascade runner on the exported bundles", "",
                   "Mean ms per image (1 thread, batch 1), interpolated at the average MACs the runner measured:", "",
-                  "| bundle | " + " | ".join(f"{b}M" for b in BUDGETS_M) + " | top-1 at the largest budget |",
-                  "|---|" + "---|" * (len(BUDGETS_M) + 1)]
+                  "| bundle | " + " | ".join(f"{b}M" for b in BUDGETS_M) + " | top-1 at the largest budget | measured on |",
+                  "|---|" + "---|" * (len(BUDGETS_M) + 2)]
         for key, points in cascade.items():
             ms = [interpolate([p["mean_macs"] for p in points], [p["mean_ms"] for p in points], b * 1e6)
                   for b in BUDGETS_M]
             lines.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in ms)
-                         + f" | {_pct(points[-1]['top1'])} |")
-        lines += ["", f"![cascade]({MAIN_PLOTS[2]})", ""]
+                         + f" | {_pct(points[-1]['top1'])} | {_measured_on(measured_on.get(key))} |")
+        lines += ["", CASCADE_TIMING_NOTE, "", f"![cascade]({MAIN_PLOTS[2]})", ""]
     lines += _noise_and_verdicts(summary)
     text = "\n".join(lines) + "\n"
     atomic_write_text(os.path.join(out, "results.md"), text)
     return text
+
+
+# Each model's sweep runs as soon as it finishes, so the rows come from different sessions.
+CASCADE_TIMING_NOTE = ("Top-1 compares across rows; milliseconds only between rows measured in one "
+                       "session: machines of one CPU name differ in speed from session to session.")
+
+
+def _measured_on(info: dict | None) -> str:
+    """'CPU (VNNI or not), when' for a cascade row; '-' where the sweep predates the record."""
+    if not info:
+        return "-"
+    vnni = "VNNI" if "avx512_vnni" in info.get("simd_flags", []) else "no VNNI"
+    return f"{info.get('cpu_model', '?')} ({vnni}), {info.get('at', '?')}"
 
 
 ABLATION_PLOT = "ablation_anytime.png"

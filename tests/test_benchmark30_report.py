@@ -316,9 +316,17 @@ def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(be
                                                                 "msdnet-cifar-anytime", exits, seed=1)},
                "paired": paired, "baseline_preset": "msdnet-cifar-anytime", "candidate_preset": "fusionnet-cifar",
                "cascade": {"fusionnet-cifar-30ep-seed1 int8": [{"budget_macs": 2e7, "mean_ms": 1.0, "mean_macs": 2e7,
-                                                                "top1": 0.8}]}}
+                                                                "top1": 0.8}],
+                           "msdnet-cifar-anytime int8": [{"budget_macs": 2e7, "mean_ms": 2.0, "mean_macs": 2e7,
+                                                          "top1": 0.8}]},
+               "cascade_measured_on": {"fusionnet-cifar-30ep-seed1 int8": {
+                   "cpu_model": "AMD EPYC", "simd_flags": ["avx2", "avx512_vnni"], "at": "2026-12-02 09:54 UTC"}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     text = bench.write_report(str(tmp_path))
+    # Each cascade row says where and when it was timed; a sweep from before the record says "-".
+    assert "| 80.00 | AMD EPYC (VNNI), 2026-12-02 09:54 UTC |" in text
+    assert "| msdnet-cifar-anytime int8 | 2.00 | - | - | - | - | 80.00 | - |" in text
+    assert bench.CASCADE_TIMING_NOTE in text
     assert "Paired SE \"-\": `fusionnet-cifar` kept no per-image test predictions" in text
     assert "| fusionnet-cifar-30ep-seed1 | 30 |" in text and "| 25.00-28.87 |" in text
     assert "Paired standard error of a same-exit test top-1 difference: 25.00 to 28.87 points" in text
@@ -437,3 +445,31 @@ def test_commit_skips_an_empty_untracked_folder_and_commits_deletions(bench, tmp
     assert tree.stdout.split() == ["results/summary.json"]
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
     assert status.stdout == ""
+
+
+def test_model_cascade_records_where_and_when_each_sweep_ran(bench, tmp_path, monkeypatch):
+    """The sweeps of different models run in different sessions, so each keeps its own machine;
+    a bundle swept before is not swept again."""
+    import types
+
+    import tf_fusionnet.data.sources as sources
+
+    work = tmp_path / "work"
+    (work / "m").mkdir(parents=True)
+    (work / "m" / "model.keras").write_bytes(b"")
+    (work / "bundle-m").mkdir()
+    (work / "bundle-m" / "manifest.json").write_text("{}")  # exported already: no export runs
+    test = types.SimpleNamespace(test_images=np.zeros((5, 2, 2, 3), np.uint8), test_labels=np.arange(5))
+    monkeypatch.setattr(sources, "load_dataset", lambda data: test)
+    monkeypatch.setattr(bench, "FLAGS", types.SimpleNamespace(cascade_images=3))
+    swept = []
+    monkeypatch.setattr(bench, "cascade_sweep",
+                        lambda bundle, precision, images, labels: swept.append((precision, len(images))) or [{}])
+    job = bench.Job("m", "main", "fusionnet-cifar", 30, 0, 0.05, 0.0)
+    summary = {"cascade": {"m float32": [{"mean_ms": 1.0}]}}
+    assert bench.model_cascade(job, {"data": "unused"}, str(work), summary)
+    assert swept == [("int8", 3)]
+    measured = summary["cascade_measured_on"]
+    assert list(measured) == ["m int8"]
+    assert {"cpu_model", "simd_flags", "at"} <= set(measured["m int8"]) and measured["m int8"]["at"].endswith("UTC")
+    assert not bench.model_cascade(job, {"data": "unused"}, str(work), summary)  # both done now
