@@ -378,19 +378,19 @@ def phase_baseline(jobs: list[Job], base_preset: str) -> Job:
     return next((j for j in jobs if j.preset == base_preset), jobs[-1])
 
 
-def pair_phase(jobs: list[Job], out: str, base_preset: str, paired: dict) -> None:
+def pair_phase(jobs: list[Job], out: str, base_preset: str, paired: dict) -> list[str]:
     """Paired errors of each finished run of a phase against the phase's baseline, from the
-    per-image predictions in ``out`` (a run without them is left out of ``paired``)."""
+    per-image predictions in ``out`` (a run without them is left out of ``paired``); returns the
+    runs paired now, not before."""
     have = [j for j in jobs if os.path.exists(os.path.join(out, j.name, PREDICTIONS))]
-    if not have:
-        return
-    baseline = phase_baseline(jobs, base_preset)
+    baseline = phase_baseline(jobs, base_preset) if have else None
     if baseline not in have:
-        return
+        return []
     base = load_predictions(os.path.join(out, baseline.name, PREDICTIONS))
-    for job in have:
-        if job is not baseline and job.name not in paired:
-            paired[job.name] = paired_errors_of(load_predictions(os.path.join(out, job.name, PREDICTIONS)), base)
+    added = [j.name for j in have if j is not baseline and j.name not in paired]
+    for name in added:
+        paired[name] = paired_errors_of(load_predictions(os.path.join(out, name, PREDICTIONS)), base)
+    return added
 
 
 def _git(args: list[str], cwd: str = ROOT, **kwargs) -> subprocess.CompletedProcess:
@@ -556,9 +556,10 @@ def main(argv):
                 save(f"cifar10_cpu30: cascade sweep of {job.name}'s float32 and int8 bundles")
         # Every finished run of the phase so far (the main phase comes in two parts), each
         # against the phase's baseline, which is in its first part.
-        pair_phase([j for j in jobs if j.phase == phase and j.name in summary["jobs"]], out, s["main"][-1],
-                   summary.setdefault("paired", {}))
-        save(f"cifar10_cpu30: paired errors of the {phase} runs")
+        added = pair_phase([j for j in jobs if j.phase == phase and j.name in summary["jobs"]], out,
+                           s["main"][-1], summary.setdefault("paired", {}))
+        # A restart walks the finished phases again: commit only when something new was paired.
+        save(f"cifar10_cpu30: paired errors of {', '.join(added)}" if added else None)
     print(write_report(out))
     return 0
 

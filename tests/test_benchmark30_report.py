@@ -294,15 +294,17 @@ def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(be
     jobs = [bench.Job(n, "seed", p, 30, 1, 0.05, 0.0) for n, p in (
         ("fusionnet-cifar-30ep-seed1", "fusionnet-cifar"), ("msdnet-cifar-anytime-30ep-seed1", "msdnet-cifar-anytime"))]
     paired = {}
-    bench.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired)
+    assert bench.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired) == ["fusionnet-cifar-30ep-seed1"]
     assert list(paired) == ["fusionnet-cifar-30ep-seed1"]
+    # A restart pairs nothing new, so the driver has nothing to commit.
+    assert bench.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired) == []
     first = paired["fusionnet-cifar-30ep-seed1"][0]
     assert first["top1_difference"] == pytest.approx(0.5)  # 3 of 4 against 1 of 4
     assert first["standard_error"] == pytest.approx(np.std([0, 1, 0, 1], ddof=1) / 2)
     # The main pair's FusionNet kept nothing: nothing is paired, and the report names it.
     main = [bench.Job(p, "main", p, 30, 0, 0.05, 0.0) for p in ("fusionnet-cifar", "msdnet-cifar-anytime")]
     save_predictions(str(tmp_path / "msdnet-cifar-anytime" / bench.PREDICTIONS), base)
-    bench.pair_phase(main, str(tmp_path), "msdnet-cifar-anytime", paired)
+    assert bench.pair_phase(main, str(tmp_path), "msdnet-cifar-anytime", paired) == []
     assert "fusionnet-cifar" not in paired
     with pytest.raises(ValueError, match="different images"):
         bench.paired_errors_of(a, {**base, "labels": np.ones(4, np.uint8)})
