@@ -665,7 +665,11 @@ def write_report(out: str) -> str:
         if entry.get("phase") != "pilot" and "test_images" not in entry and os.path.exists(path):
             entry["test_images"] = budgeted_entry(path)["test_images"]
     drawn = plot_main(out, summary)
-    lines = ["# CIFAR-10, 30 epochs: FusionNet against MSDNet (issue 17)", "",
+    families = {"fusionnet": "FusionNet", "msdnet": "MSDNet", "ranet": "RANet"}
+    main = [j["preset"] for j in jobs.values() if j["phase"] == "main"]
+    named = [families.get(p.split("-")[0], p) for p in main]
+    title = f"{named[0]} against {' and '.join(named[1:])}" if len(named) > 1 else "FusionNet against MSDNet"
+    lines = [f"# CIFAR-10, 30 epochs: {title} (issue 17)", "",
              "Written by `benchmarks/cifar10_cpu30.py` from `summary.json`; test top-1 in %, MACs per image.", ""]
     pilots = [j for j in jobs.values() if j["phase"] == "pilot"]
     if pilots:

@@ -141,7 +141,9 @@ def test_claims_are_read_against_ranet_too(bench, tmp_path):
                                      [(15, 0.78), (76, 0.83)]),
     }
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
-    claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
+    text = bench.write_report(str(tmp_path))
+    assert text.startswith("# CIFAR-10, 30 epochs: FusionNet against RANet and MSDNet (issue 17)\n")
+    claims = text.split("## The paper's claims")[1]
     assert "Against RANet (`ranet-cifar`)" in claims and "Against MSDNet (`msdnet-cifar-anytime`)" in claims
     last = [line for line in claims.splitlines() if line.startswith("- Last exit")]
     assert "17.1% cheaper than MSDNet's" in last[0]
