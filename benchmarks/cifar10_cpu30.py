@@ -665,9 +665,7 @@ def write_report(out: str) -> str:
         if entry.get("phase") != "pilot" and "test_images" not in entry and os.path.exists(path):
             entry["test_images"] = budgeted_entry(path)["test_images"]
     drawn = plot_main(out, summary)
-    families = {"fusionnet": "FusionNet", "msdnet": "MSDNet", "ranet": "RANet"}
-    main = [j["preset"] for j in jobs.values() if j["phase"] == "main"]
-    named = [families.get(p.split("-")[0], p) for p in main]
+    named = [MODEL_NAMES.get(j["preset"].split("-")[0], j["preset"]) for j in jobs.values() if j["phase"] == "main"]
     title = f"{named[0]} against {' and '.join(named[1:])}" if len(named) > 1 else "FusionNet against MSDNet"
     lines = [f"# CIFAR-10, 30 epochs: {title} (issue 17)", "",
              "Written by `benchmarks/cifar10_cpu30.py` from `summary.json`; test top-1 in %, MACs per image.", ""]
@@ -925,12 +923,13 @@ def _ablation_verdicts(jobs: dict, cand: dict, base: dict, noise: float) -> list
 # What the paper claims of FusionNet's last exit against each baseline's (CIFAR-10, anytime):
 # "32% fewer FLOPs than RANet's 93.8% last classifier, and 15% fewer FLOPs than MSDNet's 93.6%".
 CHEAPER_THAN = {"msdnet": 0.15, "ranet": 0.32}
+MODEL_NAMES = {"fusionnet": "FusionNet", "msdnet": "MSDNet", "ranet": "RANet"}  # by preset prefix
 
 
 def _claims_against(cand: dict, base: dict, noise: float) -> list[str]:
     """Verdicts on the paper's claims of ``cand`` against one baseline (MSDNet or RANet)."""
     family = "ranet" if base["preset"].startswith("ranet") else "msdnet"
-    name = {"ranet": "RANet", "msdnet": "MSDNet"}[family]
+    name = MODEL_NAMES[family]
     share = CHEAPER_THAN[family]
     lines = [f"Against {name} (`{base['preset']}`):", ""]
     bx, by = _curve(base)
