@@ -39,6 +39,17 @@ class MultiExitModel(keras.Model):
     def num_exits(self) -> int:
         return len(self.outputs)
 
+    # A loss on the exits' joint prediction (exit distillation), set by the trainer for ``fit``;
+    # a per-output compiled loss sees one exit only. Not part of the config: it is how this
+    # instance trains, not what it is.
+    training_loss_term: Any = None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        if training and self.training_loss_term is not None:
+            loss = loss + self.training_loss_term(y_pred)
+        return loss
+
     @property
     def arch_config(self) -> dict[str, Any]:
         """The architecture arguments this model was built with."""

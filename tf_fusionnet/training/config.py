@@ -43,6 +43,11 @@ class TrainConfig:
     decay_norm_and_bias: bool = _f(True, "Also decay BatchNorm gamma/beta and biases (the official code decays "
                                    "every parameter).")
     exit_weights: str = _f("", "Comma-separated loss weight per exit (default: 1 for every exit).")
+    distill_alpha: float = _f(0.0, "Exit distillation: weight of the soft term each exit but the last learns from "
+                              "a later exit's softened prediction (0: off; docs/training.md).")
+    distill_temperature: float = _f(3.0, "Exit distillation temperature T (teacher and student softmax at T).")
+    distill_teacher: str = _f("last", "Exit distillation teacher: last (the last exit) or later_mean (the mean of "
+                              "the softened predictions of every later exit).")
     label_smoothing: float = _f(0.1, "Label smoothing of the cross-entropy.")
     random_crop: bool = _f(True, "Zero-pad and random-crop back to size.")
     pad: int = _f(-1, "Padding per side for the random crop; -1: size // 8 (4 for 32x32).")
@@ -81,6 +86,9 @@ class TrainConfig:
             ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("weight_decay_style", self.weight_decay_style in ("coupled", "decoupled"), "coupled or decoupled"),
+            ("distill_alpha", finite(self.distill_alpha) and 0 <= self.distill_alpha <= 1, "in [0, 1]"),
+            ("distill_temperature", finite(self.distill_temperature) and self.distill_temperature > 0, "a number > 0"),
+            ("distill_teacher", self.distill_teacher in ("last", "later_mean"), "last or later_mean"),
             ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("pad", self.pad >= -1, "an integer >= 0 (or -1 for size // 8)"),
             ("mix_prob", finite(self.mix_prob) and 0 <= self.mix_prob <= 1, "in [0, 1]"),
@@ -108,6 +116,12 @@ class TrainConfig:
         if self.verbose == -1:
             return 1 if stdout_is_terminal else 2
         return min(self.verbose, 2)
+
+    def distillation(self):
+        """The run's :class:`ExitDistillation` (``enabled`` is False at alpha 0)."""
+        from tf_fusionnet.training.distillation import ExitDistillation
+
+        return ExitDistillation(self.distill_alpha, self.distill_temperature, self.distill_teacher)
 
     def peak_lr(self) -> float:
         return self.lr if self.lr > 0 else 0.1 * self.batch_size / 512

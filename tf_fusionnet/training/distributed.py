@@ -120,6 +120,9 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
                          "training images; pass a smaller --batch_size")
     num_exits = len(model.outputs)
     weights = parse_exit_weights(config.exit_weights, num_exits)
+    distill = config.distillation()
+    distilling = distill.enabled and num_exits > 1
+    hard_weights = distill.hard_weights(weights) if distilling else weights
     optimizer = model.optimizer
 
     with strategy.scope():
@@ -143,9 +146,8 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            per_exit = [tf.nn.compute_average_loss(loss_fn(labels[k], tf.cast(logits[k], tf.float32)),
-                                                   global_batch_size=global_batch) for k in range(num_exits)]
-            loss = tf.add_n([w * l for w, l in zip(weights, per_exit)])
+            loss, per_exit = replica_loss(logits, labels, loss_fn, weights, distill if distilling else None,
+                                          global_batch)
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -205,10 +207,10 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
             for k in range(num_exits):
                 logs[f"exit_{k + 1}_loss"] = loss_sums[k] / seen
                 logs[f"exit_{k + 1}_accuracy"] = correct_sums[k] / seen
-            logs["loss"] = float(sum(w * logs[f"exit_{k + 1}_loss"] for k, w in enumerate(weights)))
+            logs["loss"] = float(sum(w * logs[f"exit_{k + 1}_loss"] for k, w in enumerate(hard_weights)))
         if is_chief and data.val_ds is not None:
             callback_list.on_test_begin()
-            logs.update(_validate(eval_step, data.val_ds, num_exits, loss_fn, weights))
+            logs.update(_validate(eval_step, data.val_ds, num_exits, loss_fn, hard_weights))
         epoch_var.assign(epoch + 1)
         step_var.assign(0)
         # The epoch's files first, then the checkpoint that marks it done (as fit's callbacks do).
@@ -221,6 +223,29 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
     if callback_list:
         callback_list.on_train_end(logs)
     return {k: float(v) for k, v in logs.items()}
+
+
+def replica_loss(logits, labels, loss_fn, exit_weights, distill, global_batch: int):
+    """One replica's share of the step's loss, and each exit's cross-entropy share.
+
+    The loss ``fit`` minimises (``compile_for_training``): each exit's cross-entropy times its
+    weight (``(1 - alpha)`` times it under exit distillation, except the last exit's), plus the
+    distillation term; every mean is over the *global* batch, so the all-reduced gradient is
+    the global batch's.
+    """
+    import tensorflow as tf
+
+    hard = distill.hard_weights(exit_weights) if distill else list(exit_weights)
+    per_exit = [tf.nn.compute_average_loss(loss_fn(labels[k], tf.cast(logits[k], tf.float32)),
+                                           global_batch_size=global_batch) for k in range(len(logits))]
+    loss = tf.add_n([w * l for w, l in zip(hard, per_exit)])
+    if distill:
+        from tf_fusionnet.training.distillation import distillation_terms
+
+        soft = [tf.nn.compute_average_loss(t, global_batch_size=global_batch)
+                for t in distillation_terms(logits, distill)]
+        loss += tf.add_n([w * t for w, t in zip(distill.soft_weights(exit_weights), soft)])
+    return loss, per_exit
 
 
 def _validate(eval_step, val_ds, num_exits: int, loss_fn, weights) -> dict[str, float]:
@@ -282,4 +307,4 @@ def _check_same_position(strategy, epoch_var, step_var) -> None:
                            "reads?); " + LOST_WORKER_HINT)
 
 
-__all__ = ["LoopData", "WorkerLostError", "fit_multiworker", "steps_per_epoch", "LOST_WORKER_HINT"]
+__all__ = ["LoopData", "WorkerLostError", "fit_multiworker", "replica_loss", "steps_per_epoch", "LOST_WORKER_HINT"]

@@ -28,7 +28,8 @@ from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precisi
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, pid_alive
 
 # Settings added after runs were first written: a run without them was trained like this.
-_LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False, "channels": 0}
+_LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False, "channels": 0,
+                        "distill_alpha": 0.0, "distill_temperature": 3.0, "distill_teacher": "last"}
 # Settings that may change between a run and its resumption without changing the run.
 # Precision and XLA are among them: weights and optimizer state are float32 whatever the compute.
 _RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads",
@@ -294,17 +295,29 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
 
 def compile_for_training(model, config: TrainConfig, steps_per_epoch: int, jit_compile: bool,
                          steps_per_execution: int = 1) -> None:
-    """Compiles ``model`` as train.py trains it: optimizer, per-exit loss and weights, exit metrics.
+    """Compiles ``model`` as train.py trains it: optimizer, per-exit loss and weights, exit metrics,
+    and the exit distillation term (``model.training_loss_term``) when ``config.distill_alpha`` > 0.
 
     ``steps_per_execution`` > 1 is for benchmarks/train_throughput.py's ``+spe`` variant only."""
     import keras
 
+    import functools
+
+    from tf_fusionnet.training.distillation import distillation_loss
+
     num_exits = len(model.outputs)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    weights = parse_exit_weights(config.exit_weights, num_exits)
+    distill = config.distillation()
+    if distill.enabled and num_exits > 1:
+        model.training_loss_term = functools.partial(distillation_loss, distill=distill, exit_weights=tuple(weights))
+        weights = distill.hard_weights(weights)
+    else:
+        model.training_loss_term = None
     model.compile(
         optimizer=make_optimizer(config, max(1, steps_per_epoch)),
         loss=[loss] * num_exits,
-        loss_weights=parse_exit_weights(config.exit_weights, num_exits),
+        loss_weights=weights,
         metrics=[[keras.metrics.CategoricalAccuracy(name="accuracy")] for _ in range(num_exits)],
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
