@@ -66,7 +66,8 @@ from absl import app, flags  # noqa: E402
 from common import (ROOT, cascade_sweep, interpolate, load_predictions, paired_errors_of, percent as _pct,  # noqa: E402
                     run_command, save_predictions, test_predictions)
 
-PHASES = ("pilot", "main", "ablation", "seed")
+PHASES = ("pilot", "main", "ablation", "seed", "distill_pilot", "distill", "seed2")
+DISTILL_PHASES = ("distill", "seed2")  # issue 33: three seeds of both models, with and without distillation
 ABLATIONS = ("fusionnet-cifar-nofusion", "fusionnet-cifar-msdnetstem", "fusionnet-cifar-msdnettransition",
              "msdnet-cifar-fusion")
 BUDGETS_M = (20, 30, 40, 50, 60)
@@ -82,6 +83,9 @@ flags.DEFINE_string("pilot_preset", "msdnet-cifar-anytime", "Model the recipe is
 flags.DEFINE_integer("pilot_epochs", 5, "Epochs of each pilot run (a full schedule of that length).")
 flags.DEFINE_list("pilot_lrs", ["0.05", "0.1"], "Peak learning rates (batch 128) the pilot tries.")
 flags.DEFINE_list("pilot_mix", ["0", "0.5"], "CutMix/MixUp probabilities the pilot tries.")
+flags.DEFINE_list("distill_pilot", ["0.5:1", "0.5:3", "0.8:3"],
+                  "alpha:T pairs of exit distillation (teacher: the last exit) the distillation pilot tries on "
+                  "--pilot_preset for --ablation_epochs, scored on the validation split like the recipe pilot.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                   "Number format of every run. Pinned, not train.py's auto: auto would train a model in "
@@ -112,6 +116,9 @@ class Job:
     seed: int
     lr: float
     mix_prob: float
+    distill_alpha: float = 0.0
+    distill_temperature: float = 3.0
+    distill_teacher: str = "last"
 
     @property
     def warmup_epochs(self) -> int:
@@ -119,7 +126,8 @@ class Job:
 
 
 def _settings():
-    pilot = dict(pilot_lrs=list(FLAGS.pilot_lrs), pilot_mix=list(FLAGS.pilot_mix))
+    pilot = dict(pilot_lrs=list(FLAGS.pilot_lrs), pilot_mix=list(FLAGS.pilot_mix),
+                 distill_pilot=[tuple(float(v) for v in pair.split(":")) for pair in FLAGS.distill_pilot])
     if FLAGS.smoke:
         return dict(**pilot, data="sample", val_size=50, batch=32, precision=FLAGS.precision, main=["fusionnet-tiny", "ranet-tiny", "msdnet-tiny"],
                     ablations=(),
@@ -158,6 +166,50 @@ def later_jobs(s, lr: float, mix: float) -> list[Job]:
     jobs += [Job(f"{p}-{e}ep", "ablation", p, e, 0, lr, mix) for p in s["ablations"]]
     jobs += [Job(p, "main", p, s["epochs"], 0, lr, mix) for p in s["main"][1:-1]]
     return jobs
+
+
+def distill_pilot_jobs(s, lr: float, mix: float) -> list[Job]:
+    """Exit distillation at each alpha:T of ``--distill_pilot`` on the pilot preset, as long as the
+    ablation runs, so the ablation's run of that preset (alpha 0) is the pilot's reference."""
+    e = s["ablation_epochs"]
+    return [Job(f"distill-pilot-a{a:g}-t{t:g}", "distill_pilot", s["pilot_preset"], e, 0, lr, mix, a, t)
+            for a, t in s["distill_pilot"]]
+
+
+def distill_jobs(s, lr: float, mix: float, distill: dict) -> list[Job]:
+    """Issue 33's runs, in the order they train: both main models (FusionNet and the baseline)
+    with the pilot's distillation at seed 0, then both without it at seed 2 (the third seed of
+    the plain recipe: seeds 0 and 1 are the main and seed phases), then distilled seeds 1 and 2."""
+    pair = s["main"][:1] + s["main"][-1:]
+    e = s["epochs"]
+    a, t, teacher = distill["alpha"], distill["temperature"], distill["teacher"]
+    def distilled(seed):
+        return [Job(f"{p}-distill-{e}ep-seed{seed}", "distill", p, e, seed, lr, mix, a, t, teacher) for p in pair]
+    return distilled(0) + [Job(f"{p}-{e}ep-seed2", "seed2", p, e, 2, lr, mix) for p in pair] + distilled(1) + distilled(2)
+
+
+def planned_jobs(s, summary: dict) -> list[Job]:
+    """Every job the summary's choices so far determine (the later ones appear once chosen)."""
+    recipe = summary.get("recipe")
+    if not recipe:
+        return pilot_jobs(s)
+    lr, mix = recipe["lr"], recipe["mix_prob"]
+    jobs = pilot_jobs(s) + later_jobs(s, lr, mix) + distill_pilot_jobs(s, lr, mix)
+    if summary.get("distill"):
+        jobs += distill_jobs(s, lr, mix, summary["distill"])
+    return jobs
+
+
+def choose_distillation(pilots: list[Job], reference: dict | None, jobs: dict) -> dict:
+    """The pilot's alpha:T with the best validation top-1 (mean over exits); the plain recipe's
+    score (the ablation run of the same preset and length) is recorded beside it. Distillation is
+    run whichever wins: the comparison, not the pilot, decides whether it helps."""
+    best = max(pilots, key=lambda j: jobs[j.name]["val_top1_mean_over_exits"])
+    choice = {"alpha": best.distill_alpha, "temperature": best.distill_temperature, "teacher": best.distill_teacher,
+              "chosen_by": best.name, "val_top1_mean_over_exits": jobs[best.name]["val_top1_mean_over_exits"]}
+    if reference is not None:
+        choice["plain_recipe_val_top1_mean_over_exits"] = reference["val_top1_mean_over_exits"]
+    return choice
 
 
 def run_groups(jobs: list[Job]) -> list[tuple[str, list[Job]]]:
@@ -221,7 +273,7 @@ def progress(jobs: list[Job], work: str, finished: dict, carry: str | None = Non
 def status(s, work: str, summary: dict, carry: str | None = None) -> str:
     """One line per run (finished and committed, epochs done, or not started), then the total."""
     recipe = summary.get("recipe")
-    jobs = pilot_jobs(s) + (later_jobs(s, recipe["lr"], recipe["mix_prob"]) if recipe else [])
+    jobs = planned_jobs(s, summary)
     lines = []
     for job in jobs:
         if job.name in summary["jobs"]:
@@ -236,6 +288,8 @@ def status(s, work: str, summary: dict, carry: str | None = None) -> str:
         lines.append(f"{job.phase:>8}  {job.name:<40} {state}")
     if not recipe:
         lines.append("(the later runs are listed once the pilot has chosen the recipe)")
+    elif not summary.get("distill"):
+        lines.append("(the distillation runs are listed once the distillation pilot has chosen alpha and T)")
     return "\n".join(lines + [f"all: {progress(jobs, work, summary['jobs'], carry)}"])
 
 
@@ -325,10 +379,20 @@ def train(job: Job, s, work: str) -> None:
                  "--dataset", s["data"], "--epochs", str(job.epochs), "--batch_size", str(s["batch"]),
                  "--lr", str(job.lr), "--warmup_epochs", str(job.warmup_epochs), "--mix_prob", str(job.mix_prob),
                  "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--precision", s["precision"],
-                 "--verbose", "2"])
+                 "--verbose", "2"] + distill_flags(job))
+
+
+def distill_flags(job: Job) -> list[str]:
+    """train.py's distillation flags of a job (none for the plain recipe, so the runs started
+    before the flags existed resume under the same command)."""
+    if not job.distill_alpha:
+        return []
+    return ["--distill_alpha", str(job.distill_alpha), "--distill_temperature", str(job.distill_temperature),
+            "--distill_teacher", job.distill_teacher]
 
 
 PREDICTIONS = "test_predictions.npz"
+LOGITS = "logits.npz"  # per-image validation and test logits (float32), so budgets can be refitted
 
 
 def collect(job: Job, work: str, out: str) -> dict:
@@ -345,15 +409,28 @@ def collect(job: Job, work: str, out: str) -> dict:
     entry = {**dataclasses.asdict(job), "warmup_epochs": job.warmup_epochs,
              "train_seconds": sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")),
              "finished_on": machine_info()}
-    if job.phase == "pilot":
+    if job.phase in ("pilot", "distill_pilot"):
         return {**entry, **pilot_score(rows)}
     for name in ("anytime.json", "anytime.csv", "budgeted.json", "budgeted.csv"):
         shutil.copy(os.path.join(run, "eval", name), os.path.join(dest, name))
     save_predictions(os.path.join(dest, PREDICTIONS), test_predictions(run))
+    save_logits(os.path.join(dest, LOGITS), run)
     with open(os.path.join(run, "eval", "anytime.json")) as f:
         entry["anytime"] = json.load(f)["exits"]
     entry.update(budgeted_entry(os.path.join(run, "eval", "budgeted.json")))
     return entry
+
+
+def save_logits(path: str, run: str) -> None:
+    """Every exit's validation and test logits of a finished run, with the labels (about 3 MB)."""
+    from tf_fusionnet.evaluation.runs import load_run, run_logits
+    from tf_fusionnet.utils import atomic_path
+
+    logits = run_logits(load_run(run), verbose=0)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: (v.astype(np.float32) if k.endswith("_logits") else v)
+                                      for k, v in logits.items()})
 
 
 def budgeted_entry(path: str) -> dict:
@@ -483,9 +560,7 @@ def main(argv):
     summary = _load_summary(out)
 
     def carry_and_commit() -> None:
-        recipe = summary.get("recipe")
-        jobs = pilot_jobs(s) + (later_jobs(s, recipe["lr"], recipe["mix_prob"]) if recipe else [])
-        lines = carry_now(jobs, work, carry, summary["jobs"])
+        lines = carry_now(planned_jobs(s, summary), work, carry, summary["jobs"])
         print("\n".join(lines) or "no unfinished run has a finished epoch: nothing to carry", flush=True)
         if FLAGS.commit and lines:
             _commit([carry], "cifar10_cpu30: carry the unfinished runs' last finished epochs into the checkout "
@@ -560,6 +635,32 @@ def main(argv):
                            s["main"][-1], summary.setdefault("paired", {}))
         # A restart walks the finished phases again: commit only when something new was paired.
         save(f"cifar10_cpu30: paired errors of {', '.join(added)}" if added else None)
+
+    # Issue 33: the distillation pilot (validation only), then three seeds of both models with
+    # and without distillation. Each run's validation and test logits go to --out (LOGITS).
+    dpilots = distill_pilot_jobs(s, choice["lr"], choice["mix_prob"])
+    if "distill_pilot" in FLAGS.phases:
+        for i, job in enumerate(dpilots):
+            print(f"[distill_pilot {i + 1}/{len(dpilots)}] {job.name}: "
+                  f"{progress(dpilots, work, summary['jobs'], carry)}", flush=True)
+            if job.name not in summary["jobs"]:
+                run_job(job, evaluate=False)
+        reference = next((j for j in summary["jobs"].values()
+                          if j["phase"] == "ablation" and j["preset"] == s["pilot_preset"]), None)
+        if reference is not None and "val_top1_mean_over_exits" not in reference:
+            reference.update(pilot_score(_log_rows(os.path.join(out, reference["name"]))))
+        summary["distill"] = choose_distillation(dpilots, reference, summary["jobs"])
+        save("cifar10_cpu30: the distillation pilot chose alpha and T on the validation split")
+    distill = summary.get("distill")
+    djobs = [j for j in distill_jobs(s, choice["lr"], choice["mix_prob"], distill)
+             if j.phase in FLAGS.phases] if distill else []
+    if not distill and any(p in FLAGS.phases for p in DISTILL_PHASES):
+        raise SystemExit("error: no distillation chosen yet: run the distillation pilot first (--phases distill_pilot)")
+    for i, job in enumerate(djobs):
+        print(f"[{job.phase} {i + 1}/{len(djobs)}] {job.name}: {progress(djobs, work, summary['jobs'], carry)}",
+              flush=True)
+        if job.name not in summary["jobs"]:
+            run_job(job, evaluate=True)
     print(write_report(out))
     return 0
 
