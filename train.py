@@ -8,61 +8,14 @@ Every flag and its default (the paper's recipe): python train.py --helpfull,
 or tf_fusionnet/training/config.py. Re-running the same command resumes a run.
 """
 
+import importlib.util
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if importlib.util.find_spec("tf_fusionnet") is None:  # a checkout that was not pip-installed
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
-
-setup_environment()
-
-from absl import app, flags  # noqa: E402
-
-from tf_fusionnet.training.config import config_fields  # noqa: E402
-
-for _field in config_fields():
-    _define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-               str: flags.DEFINE_string}[type(_field.default)]
-    _define(_field.name, _field.default, _field.metadata["help"])
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    from tf_fusionnet.training.config import TrainConfig
-
-    config = TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in config_fields()})
-    try:
-        config.validate()
-    except ValueError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    from tf_fusionnet.data.sources import DataError
-    from tf_fusionnet.training.trainer import precheck
-
-    try:
-        precheck(config)
-    except (DataError, ValueError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    from tf_fusionnet.console import import_tensorflow
-
-    import_tensorflow(verbose=config.verbose == 3)
-    from tf_fusionnet.training import format_exit_table, train
-    from tf_fusionnet.training.distributed import WorkerLostError
-
-    try:
-        result = train(config)
-    except (DataError, ValueError, WorkerLostError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(f"\nrun: {result['run_dir']}  (last epoch)")
-    print(format_exit_table(result))
-    return 0
-
+from tf_fusionnet.cli.train import run  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

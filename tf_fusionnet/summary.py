@@ -86,5 +86,10 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def console_main() -> None:
+    """Console entry point ``tf-fusionnet-summary``."""
+    app.run(main)
+
+
 if __name__ == "__main__":
     app.run(main)

@@ -1074,5 +1074,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def console_main() -> None:
+    """Console entry point ``tf-fusionnet-cascade --bundle BUNDLE IMAGES...`` of the installed
+    package (``python BUNDLE/cascade_runner.py IMAGES...`` defaults to its own folder instead)."""
+    args = sys.argv[1:]
+    if not any(a == "--bundle" or a.startswith("--bundle=") for a in args) and not {"-h", "--help"} & set(args):
+        print("error: tf-fusionnet-cascade needs --bundle BUNDLE (or run python BUNDLE/cascade_runner.py IMAGES...)",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,6 +62,38 @@ class MultiExitModel(keras.Model):
     def from_config(cls, config: dict[str, Any]):
         return cls(**{**cls._LEGACY_DEFAULTS, **config})
 
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs):
+        """A model from a preset, keras-hub style.
+
+        ``preset``: a name of ``tf_fusionnet.presets.PRESETS`` builds that architecture with fresh
+        weights (``kwargs``: constructor arguments, e.g. ``num_classes=100``); a folder written by
+        :meth:`save_to_preset` loads its weights, and a trained model comes back as a
+        :class:`~tf_fusionnet.models.pixels.PixelClassifier` that reads 0-255 pixels.
+
+        Example:
+        ```python
+        model = FusionNet.from_preset("fusionnet-cifar", num_classes=10)
+        trained = FusionNet.from_preset("presets/my-fusionnet")
+        ```
+        """
+        from tf_fusionnet.models.preset_files import PresetError, load_preset
+
+        model = load_preset(preset, **kwargs)
+        network = getattr(model, "network", model)
+        if not isinstance(network, cls):
+            raise PresetError(f"{preset}: holds a {type(network).__name__}, not a {cls.__name__} "
+                              "(use tf_fusionnet.load_model, or that class's from_preset)")
+        return model
+
+    def save_to_preset(self, preset_dir: str) -> None:
+        """Writes ``config.json``, ``metadata.json`` and ``model.weights.h5`` to ``preset_dir``
+        (this bare network reads normalised images; a trained model's preset is written from its
+        :class:`~tf_fusionnet.models.pixels.PixelClassifier`)."""
+        from tf_fusionnet.models.preset_files import save_preset
+
+        save_preset(self, preset_dir)
+
 
 class _MultiExitNetwork(MultiExitModel):
     """Shared constructor plumbing; use :class:`MSDNet` or :class:`FusionNet`."""

@@ -1,0 +1,96 @@
+"""Export a train.py run as a TFLite bundle: one model per exit stage, plus the cascade runner.
+
+    python export/to_tflite.py --run RUN --out BUNDLE [--precision float32,int8] [--standalone]
+
+The bundle folder is the deliverable: copy it to a device, `pip install ai-edge-litert numpy
+pillow`, and run `python BUNDLE/cascade_runner.py IMAGES... --budget MACS`.
+"""
+
+import sys
+
+from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
+
+setup_environment()
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("run", None, "Run directory of train.py.")
+flags.DEFINE_string("out", None, "Bundle folder to write. An existing one is replaced only if it is a bundle "
+                    "this tool wrote; never the run or a folder inside or above it.")
+flags.DEFINE_list("precision", ["float32", "int8"], "Precisions: float32, float16, int8.")
+flags.DEFINE_bool("standalone", False, "Also write exit_k.tflite (image -> exit k) per precision.")
+flags.DEFINE_enum("checkpoint", "model", ["model", "best"], "model.keras (last epoch) or best.keras.")
+flags.DEFINE_integer("calibration_images", 200, "Training-split images for int8 calibration (>= 1).")
+flags.DEFINE_integer("report_images", 0, "Test images for the accuracy checks in report.json (0: all).")
+flags.DEFINE_string("dataset", None, "Read the data from here instead of the run's --dataset.")
+flags.DEFINE_enum("thresholds_from", "val", ["val", "train", "none"],
+                  "Fit the budget thresholds on the validation split (val), on training-split images "
+                  "(train: optimistic, for runs without validation data) or not at all (none).")
+flags.DEFINE_list("exits", None, "Exits to keep, e.g. 2,4,7 (default all): fewer stages to chain and fewer "
+                  "exit heads to run; the bundle's exit k is the model's k-th listed exit.")
+flags.DEFINE_bool("pixels_in", True, "Stage 1 reads the uint8 image and normalises it in its graph; --nopixels_in: "
+                  "it reads the normalised image, which the runner computes in numpy (as bundles before format 4).")
+flags.DEFINE_bool("int8_boundaries", True, "int8 stages hand their feature maps on as int8 (int8 inputs and "
+                  "outputs); --noint8_boundaries: float32 inputs and outputs, (de)quantised inside each stage.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log and the converter's messages.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    if not FLAGS.run or not FLAGS.out:
+        print("error: --run and --out are required", file=sys.stderr)
+        return 2
+    import contextlib
+
+    from tf_fusionnet.evaluation.runs import load_run
+    from tf_fusionnet.export.destination import check_exits, check_export_arguments, check_out_dir
+
+    exits = None
+    try:  # before TensorFlow loads: a wrong path or number is answered at once
+        run = load_run(FLAGS.run)
+        check_out_dir(FLAGS.out, FLAGS.run)
+        check_export_arguments(FLAGS.precision, FLAGS.calibration_images, FLAGS.report_images, FLAGS.thresholds_from)
+        if FLAGS.exits is not None:
+            try:
+                exits = [int(e) for e in FLAGS.exits]
+            except ValueError:
+                raise ValueError(f"--exits must be comma-separated exit numbers, got {','.join(FLAGS.exits)}") from None
+            check_exits(exits, len(run.exit_macs))
+    except (ValueError, OSError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    from tf_fusionnet.console import captured_stderr_fd, import_tensorflow
+
+    import_tensorflow(verbose=FLAGS.verbose)
+    from tf_fusionnet.export.bundle import export_bundle
+
+    try:
+        print(f"exporting {FLAGS.run} -> {FLAGS.out}", flush=True)
+        # The TFLite converter logs its MLIR passes to fd 2; kept unless something unexpected fails.
+        quiet = contextlib.nullcontext() if FLAGS.verbose else captured_stderr_fd((ValueError, OSError))
+        with quiet:
+            report = export_bundle(FLAGS.run, FLAGS.out, FLAGS.precision, FLAGS.standalone, FLAGS.checkpoint,
+                                   FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
+                                   thresholds_from=FLAGS.thresholds_from,
+                                   exits=exits, int8_boundaries=FLAGS.int8_boundaries,
+                                   pixels_in=FLAGS.pixels_in)
+    except (ValueError, OSError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    print(f"wrote {FLAGS.out}/ in {report['export_seconds']} s (manifest.json, report.json, cascade_runner.py)")
+    return 0
+
+
+def run() -> None:
+    """Console entry point (``pyproject.toml``): the same tool as the script."""
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not main_module.__doc__:
+        main_module.__doc__ = __doc__  # absl prints it for --help
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,124 @@
+"""One call to load any model this project saves: a run folder, a preset folder or a ``.keras`` file.
+
+``keras.saving.load_model(PATH)`` works too once ``tf_fusionnet`` is imported (the package
+registers its classes with Keras when Keras loads), but it returns what the file holds: a run's
+``model.keras`` is the bare network, which reads images *normalised* with the mean and std of
+the run's ``preprocessing.json``. :func:`load_model` returns a
+:class:`~tf_fusionnet.models.pixels.PixelClassifier` instead wherever the normalisation is known,
+so the model reads the 0-255 pixels a user has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+ANYTIME_RESULTS = os.path.join("eval", "anytime.json")
+
+
+class LoadError(ValueError):
+    """A path this loader cannot read as a model; the message is for the user."""
+
+
+def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixels: bool = True):
+    """Loads a trained or saved model.
+
+    Args:
+        path: a ``train.py`` run folder (its ``model.keras``, or ``best.keras`` with
+            ``checkpoint="best"``), a preset folder (``save_to_preset``), or a ``.keras`` file.
+        checkpoint: ``"model"`` (last epoch) or ``"best"``, for a run folder.
+        compile: also restore the optimizer and losses (to go on training with ``fit``); the
+            compiled network is returned as saved, reading normalised images.
+        pixels: return the model behind its normalisation (reads 0-255 pixels) where the
+            normalisation is known; False returns the bare network.
+
+    Returns:
+        A :class:`~tf_fusionnet.models.pixels.PixelClassifier` (``.network`` is the bare
+        network; ``.class_names``; ``.preset_metadata`` holds the run's recipe and test top-1
+        per exit) or a bare multi-exit network.
+
+    Example:
+    ```python
+    import tf_fusionnet
+    model = tf_fusionnet.load_model("runs/fusionnet-cifar")
+    logits_per_exit = model.predict(uint8_images)
+    model.save_to_preset("presets/my-fusionnet")
+    ```
+    """
+    from tf_fusionnet.models.pixels import PixelClassifier
+    from tf_fusionnet.models.preset_files import is_preset_dir, load_preset
+
+    if not os.path.exists(path):
+        raise LoadError(f"{path}: no such file or folder")
+    if os.path.isdir(path) and is_preset_dir(path):
+        model = load_preset(path)
+        return model.network if not pixels and isinstance(model, PixelClassifier) else model
+    if os.path.isdir(path):
+        from tf_fusionnet.evaluation.runs import RunError, load_checkpoint, load_run
+
+        try:
+            run = load_run(path)
+            model_path = run.checkpoint_path(checkpoint)
+            network = _load_keras_file(model_path, compile) if compile else load_checkpoint(run, checkpoint)
+        except RunError as error:
+            raise LoadError(str(error)) from None
+        if compile or not pixels:
+            return network
+        return _with_pixels(network, run.preprocessing, run.config, path)
+    network = _load_keras_file(path, compile)
+    run_dir = os.path.dirname(os.path.abspath(path))
+    preprocessing = _read_json(os.path.join(run_dir, "preprocessing.json"))
+    if compile or not pixels or preprocessing is None:
+        return network
+    return _with_pixels(network, preprocessing, _read_json(os.path.join(run_dir, "config.json")) or {}, run_dir)
+
+
+def _with_pixels(network, preprocessing: dict, config: dict, run_dir: str):
+    from tf_fusionnet.models.pixels import PixelClassifier
+
+    model = PixelClassifier(network, preprocessing["mean"], preprocessing["std"], preprocessing.get("class_names"))
+    anytime = _read_json(os.path.join(run_dir, ANYTIME_RESULTS))
+    model.preset_metadata = {
+        "preset": config.get("preset"),
+        "train": config.get("train"),
+        "dataset_source": preprocessing.get("dataset_source"),
+        "test_top1_per_exit": [e["top1"] for e in anytime["exits"]] if anytime else None,
+    }
+    return model
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _load_keras_file(path: str, compile: bool):
+    """``keras.saving.load_model`` with safe_mode, and the legacy-layer-name fallback of old runs."""
+    import keras
+
+    import tf_fusionnet.models  # noqa: F401  (registers the classes)
+    import tf_fusionnet.training.optimizers  # noqa: F401  (a compiled run's TorchSGD)
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except Exception as error:
+        from tf_fusionnet.evaluation.runs import _load_with_legacy_layer_names
+
+        model = None if compile else _load_with_legacy_layer_names(path)
+        if model is None:
+            raise LoadError(f"{path}: not a loadable Keras model ({str(error).splitlines()[0][:200]})") from None
+        return model
+
+
+def register_keras_objects() -> None:
+    """Registers every class this project saves with Keras (imports the models and optimizers)."""
+    import tf_fusionnet.data.pipeline  # noqa: F401  (BetaCutMix)
+    import tf_fusionnet.models  # noqa: F401
+    import tf_fusionnet.training.optimizers  # noqa: F401
+
+
+__all__ = ["LoadError", "load_model", "register_keras_objects"]
