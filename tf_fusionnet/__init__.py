@@ -56,6 +56,7 @@ _EXPORTS = {
     "paired_estimate": "tf_fusionnet.evaluation.compare",
     "verdicts": "tf_fusionnet.evaluation.compare",
     # export and the on-device runner
+    "evaluate_run": "tf_fusionnet.evaluation.report",
     "export_bundle": "tf_fusionnet.export.bundle",
     "CascadeRunner": "tf_fusionnet.export.cascade_runner",
 }

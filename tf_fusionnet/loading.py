@@ -114,6 +114,46 @@ def _load_keras_file(path: str, compile: bool):
         return model
 
 
+def preset_as_run(preset_dir: str, run_dir: str, dataset: str | None = None) -> str:
+    """Writes a run folder for a trained preset, so the run-based tools (export) read it.
+
+    The run's data is ``dataset`` (default: the dataset the preset's run recorded); all of its
+    training images are the training split (a preset keeps no validation split), so budget
+    thresholds come from training images (``--thresholds_from train``) or are left out.
+    """
+    from tf_fusionnet.data.sources import load_dataset
+    from tf_fusionnet.data.split import SPLIT_FILE, save_split
+    from tf_fusionnet.models.pixels import PixelClassifier
+    from tf_fusionnet.models.preset_files import load_preset, preset_metadata
+    from tf_fusionnet.utils import atomic_write_json
+
+    model = load_preset(preset_dir)
+    if not isinstance(model, PixelClassifier):
+        raise LoadError(f"{preset_dir}: an untrained architecture (no normalisation); only a trained preset "
+                        "(save_to_preset of a loaded run) can be exported")
+    metadata = {**preset_metadata(model), **model.preset_metadata}
+    train = dict(metadata.get("train") or {})
+    train["dataset"] = dataset or train.get("dataset") or "sample"
+    data = load_dataset(train["dataset"], train.get("tfds_data_dir") or None,
+                        tuple(int(v) for v in train["image_size"].split(",")) if train.get("image_size") else None,
+                        channels=int(train.get("channels", 0)))
+    if list(data.image_shape) != list(metadata["image_shape"]) or data.num_classes != metadata["num_classes"]:
+        raise LoadError(f"{train['dataset']}: images {data.image_shape} in {data.num_classes} classes; the preset "
+                        f"reads {tuple(metadata['image_shape'])} in {metadata['num_classes']} classes")
+    os.makedirs(run_dir, exist_ok=True)
+    network = model.network
+    atomic_write_json(os.path.join(run_dir, "config.json"), {
+        "train": train, "preset": metadata.get("preset") or type(network).__name__,
+        "model_class": type(network).__name__, "model_config": network.get_config(),
+        "num_classes": metadata["num_classes"], "exit_macs": metadata["exit_macs"], "from_preset": preset_dir})
+    atomic_write_json(os.path.join(run_dir, "preprocessing.json"), {
+        "image_shape": metadata["image_shape"], "mean": model.mean, "std": model.std,
+        "class_names": model.class_names or data.class_names, "dataset_source": data.source})
+    save_split(os.path.join(run_dir, SPLIT_FILE), data, [], seed=0)
+    network.save(os.path.join(run_dir, "model.keras"))
+    return run_dir
+
+
 def register_keras_objects() -> None:
     """Registers every class this project saves with Keras (imports the models and optimizers)."""
     import tf_fusionnet.data.pipeline  # noqa: F401  (BetaCutMix)
@@ -121,4 +161,4 @@ def register_keras_objects() -> None:
     import tf_fusionnet.training.optimizers  # noqa: F401
 
 
-__all__ = ["LoadError", "load_model", "register_keras_objects"]
+__all__ = ["LoadError", "load_model", "preset_as_run", "register_keras_objects"]

@@ -6,6 +6,7 @@ The bundle folder is the deliverable: copy it to a device, `pip install ai-edge-
 pillow`, and run `python BUNDLE/cascade_runner.py IMAGES... --budget MACS`.
 """
 
+import os
 import sys
 
 from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
@@ -15,6 +16,10 @@ setup_environment()
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("run", None, "Run directory of train.py.")
+flags.DEFINE_string("preset", None, "Instead of --run: a trained preset folder (save_to_preset). Its data is "
+                    "--dataset (default: the dataset its run recorded), and the budget thresholds come from "
+                    "training images (--thresholds_from train, the default here) or none: a preset keeps no "
+                    "validation split.")
 flags.DEFINE_string("out", None, "Bundle folder to write. An existing one is replaced only if it is a bundle "
                     "this tool wrote; never the run or a folder inside or above it.")
 flags.DEFINE_list("precision", ["float32", "int8"], "Precisions: float32, float16, int8.")
@@ -40,9 +45,11 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
-    if not FLAGS.run or not FLAGS.out:
-        print("error: --run and --out are required", file=sys.stderr)
+    if bool(FLAGS.run) == bool(FLAGS.preset) or not FLAGS.out:
+        print("error: --out and one of --run or --preset are required", file=sys.stderr)
         return 2
+    if FLAGS.preset:
+        return _export_preset()
     import contextlib
 
     from tf_fusionnet.evaluation.runs import load_run
@@ -82,6 +89,36 @@ def main(argv):
         return 1
     print(f"wrote {FLAGS.out}/ in {report['export_seconds']} s (manifest.json, report.json, cascade_runner.py)")
     return 0
+
+
+def _export_preset() -> int:
+    """--preset: the preset as a temporary run folder, then the run's export."""
+    import tempfile
+
+    from tf_fusionnet.models.preset_files import is_preset_dir
+
+    if not is_preset_dir(FLAGS.preset):
+        print(f"error: --preset {FLAGS.preset}: not a preset folder (written by save_to_preset)", file=sys.stderr)
+        return 1
+    if not FLAGS["thresholds_from"].present:
+        FLAGS.thresholds_from = "train"
+    if FLAGS.thresholds_from == "val":
+        print("error: --preset keeps no validation split: use --thresholds_from train or none", file=sys.stderr)
+        return 1
+    from tf_fusionnet.console import import_tensorflow
+
+    import_tensorflow(verbose=FLAGS.verbose)
+    from tf_fusionnet.data.sources import DataError
+    from tf_fusionnet.loading import LoadError, preset_as_run
+
+    with tempfile.TemporaryDirectory(prefix="tf_fusionnet_preset_run_") as tmp:
+        try:
+            FLAGS.run = preset_as_run(FLAGS.preset, os.path.join(tmp, "run"), FLAGS.dataset)
+        except (LoadError, DataError, ValueError, OSError) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 1
+        FLAGS.preset = None
+        return main([sys.argv[0]])
 
 
 def run() -> None:

@@ -30,6 +30,8 @@ class TrainConfig:
     seed: int = _f(0, "Seed of the validation split, the shuffling, augmentation and initialisation.")
     # Model
     preset: str = _f("fusionnet-cifar", "Model preset (python -m tf_fusionnet.summary --list).")
+    init_from: str = _f("", "Start from a trained preset folder's weights and normalisation (save_to_preset; "
+                        "the same architecture as --preset builds for this data) to fine-tune it.")
     # Recipe
     epochs: int = _f(300, "Training epochs.")
     batch_size: int = _f(512, "Global batch size.")

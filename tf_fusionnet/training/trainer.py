@@ -239,6 +239,37 @@ def _check_same_architecture(run_dir: str, model) -> None:
         )
 
 
+def _initial_preset(preset_dir: str):
+    """The trained preset ``--init_from`` names (a PixelClassifier), or a one-line ValueError."""
+    from tf_fusionnet.models.pixels import PixelClassifier
+    from tf_fusionnet.models.preset_files import PresetError, is_preset_dir, load_preset
+
+    if not is_preset_dir(preset_dir):
+        raise ValueError(f"--init_from {preset_dir}: not a preset folder (written by save_to_preset)")
+    try:
+        model = load_preset(preset_dir)
+    except PresetError as error:
+        raise ValueError(f"--init_from {error}") from None
+    if not isinstance(model, PixelClassifier):
+        raise ValueError(f"--init_from {preset_dir}: an untrained architecture (no normalisation); "
+                         "give a trained preset")
+    return model
+
+
+def _copy_initial_weights(initial, model, config: TrainConfig) -> None:
+    """Sets ``model``'s weights to the preset's; refuses another architecture with one line.
+    A resumed run's own backup is restored over them afterwards, so this is the start only."""
+    ignore = ("name", "trainable")
+    want = {k: v for k, v in model.get_config().items() if k not in ignore}
+    have = {k: v for k, v in initial.network.get_config().items() if k not in ignore}
+    if type(initial.network) is not type(model) or want != have:
+        diffs = ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(want) | set(have))
+                          if want.get(k) != have.get(k)) or f"{type(initial.network).__name__} -> {type(model).__name__}"
+        raise ValueError(f"--init_from {config.init_from}: another architecture than --preset {config.preset} builds "
+                         f"for this data ({diffs})")
+    model.set_weights(initial.network.get_weights())
+
+
 def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int,
                   write: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Reuses the run's split.json if present (resume), else draws one (a function of the seed)
@@ -344,6 +375,9 @@ def precheck(config: TrainConfig) -> None:
     if config.dataset not in ("sample", "cifar10", "cifar100") and not os.path.exists(config.dataset):
         raise DataError(f"--dataset {config.dataset!r}: no such file or folder (use sample, cifar10, cifar100 "
                         "or a path to a local copy)")
+    if config.init_from and not os.path.isfile(os.path.join(config.init_from, "metadata.json")):
+        raise ValueError(f"--init_from {config.init_from}: not a preset folder (no metadata.json; write one "
+                         "with save_to_preset)")
     if config.strategy != "multiworker":  # a worker's folder depends on its TF_CONFIG role
         os.close(claim_run_dir(config.run_dir()))
 
@@ -412,7 +446,9 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
                          "(after the validation split); pass a smaller --batch_size")
     x_train, y_train = data.train_images[train_idx], data.train_labels[train_idx]
     x_val, y_val = data.train_images[val_idx], data.train_labels[val_idx]
-    mean, std = normalization_stats(x_train)
+    initial = _initial_preset(config.init_from) if config.init_from else None
+    # A fine-tuned model keeps the normalisation its weights were trained under.
+    mean, std = (initial.mean, initial.std) if initial is not None else normalization_stats(x_train)
     write_json = atomic_write_json if is_chief else (lambda path, value: None)
     write_json(
         os.path.join(run_dir, "preprocessing.json"),
@@ -431,6 +467,8 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
         compile_for_training(model, config, len(x_train) // config.batch_size, jit_compile)
 
     _check_same_architecture(run_dir, model)
+    if initial is not None:
+        _copy_initial_weights(initial, model, config)
     record_owner(lock)  # the run goes ahead: from here on its files change
     macs = exit_macs(model)
     write_json(
