@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 from tf_fusionnet.portable import captured_stderr_fd
 
@@ -37,3 +38,15 @@ def one_line(error: BaseException) -> str:
 
 
 __all__ = ["setup_environment", "captured_stderr_fd", "import_tensorflow", "one_line"]
+
+
+def run_tool(main, doc: str | None) -> None:
+    """Runs an absl ``main`` as a console entry point (``pyproject.toml``), with the tool's
+    docstring as its ``--help`` text (absl prints ``__main__.__doc__``, which an entry-point
+    wrapper lacks)."""
+    from absl import app
+
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not main_module.__doc__:
+        main_module.__doc__ = doc
+    app.run(main)

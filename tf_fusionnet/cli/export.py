@@ -9,11 +9,11 @@ pillow`, and run `python BUNDLE/cascade_runner.py IMAGES... --budget MACS`.
 import os
 import sys
 
-from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
+from tf_fusionnet.console import one_line, run_tool, setup_environment  # noqa: E402  (before TensorFlow loads)
 
 setup_environment()
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 flags.DEFINE_string("run", None, "Run directory of train.py.")
 flags.DEFINE_string("preset", None, "Instead of --run: a trained preset folder (save_to_preset). Its data is "
@@ -123,10 +123,7 @@ def _export_preset() -> int:
 
 def run() -> None:
     """Console entry point (``pyproject.toml``): the same tool as the script."""
-    main_module = sys.modules.get("__main__")
-    if main_module is not None and not main_module.__doc__:
-        main_module.__doc__ = __doc__  # absl prints it for --help
-    app.run(main)
+    run_tool(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ or tf_fusionnet/training/config.py. Re-running the same command resumes a run.
 
 import sys
 
-from tf_fusionnet.console import one_line, setup_environment  # noqa: E402  (before TensorFlow loads)
+from tf_fusionnet.console import one_line, run_tool, setup_environment  # noqa: E402  (before TensorFlow loads)
 
 setup_environment()
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from tf_fusionnet.training.config import config_fields  # noqa: E402
 
@@ -63,10 +63,7 @@ def main(argv):
 
 def run() -> None:
     """Console entry point (``pyproject.toml``): the same tool as the script."""
-    main_module = sys.modules.get("__main__")
-    if main_module is not None and not main_module.__doc__:
-        main_module.__doc__ = __doc__  # absl prints it for --help
-    app.run(main)
+    run_tool(main, __doc__)
 
 
 if __name__ == "__main__":
