@@ -173,7 +173,7 @@ def distill_pilot_jobs(s, lr: float, mix: float) -> list[Job]:
     ablation runs, so the ablation's run of that preset (alpha 0) is the pilot's reference."""
     e = s["ablation_epochs"]
     return [Job(f"distill-pilot-a{a:g}-t{t:g}", "distill_pilot", s["pilot_preset"], e, 0, lr, mix, a, t)
-            for a, t in s["distill_pilot"]]
+            for a, t in s.get("distill_pilot", [])]
 
 
 def distill_jobs(s, lr: float, mix: float, distill: dict) -> list[Job]:

@@ -545,3 +545,58 @@ def test_folder_with_a_grey_first_image_trains_as_rgb(tmp_path):
     assert data.notes and "converted 1 of" in data.notes[0] and "the majority" in data.notes[0]
     forced = load_dataset(root, channels=1)
     assert forced.image_shape == (32, 32, 1)
+
+
+# --------------------------------------------------------------------------- issue 36: silent losses
+
+
+@pytest.mark.parametrize("where", [os.path.join("float32", "notes.txt"), os.path.join("int8", "deep", "notes.txt")])
+def test_export_refuses_a_bundle_holding_a_users_file_in_a_sub_folder(work, where):
+    path = os.path.join(work["bundle"], where)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("do not lose")
+    before = snapshot(work["root"])
+    result = _export(work, "--out", work["bundle"])
+    assert_one_line_error(result.returncode, result.stderr, 1, r"not a bundle written by export")
+    assert_unchanged(before, work["root"])
+
+
+def test_evaluate_refuses_to_write_plots_over_a_users_files(work):
+    out = os.path.join(work["user"], "compare")
+    os.makedirs(out)
+    with open(os.path.join(out, "anytime.png"), "wb") as f:
+        f.write(b"my own figure")
+    before = snapshot(work["user"])
+    result = script("evaluate.py", "--run", work["run"], "--run", work["run"], "--out", out, cwd=work["root"])
+    assert_one_line_error(result.returncode, result.stderr, 1, r"files this tool did not write")
+    assert_unchanged(before, work["user"])
+
+
+def test_training_stops_at_a_non_finite_loss_and_writes_no_checkpoint(work):
+    out = os.path.join(work["root"], "diverged")
+    result = script("train.py", "--output", out, "--preset", "fusionnet-tiny", "--batch_size", "64", "--lr", "1e6",
+                    "--warmup_epochs", "0", "--epochs", "2", cwd=work["root"])
+    assert_one_line_error(result.returncode, result.stderr, 1, r"loss became (nan|inf) at epoch 1, step \d+")
+    assert not os.path.exists(os.path.join(out, "model.keras"))
+    assert not os.path.exists(os.path.join(out, "backup", "latest.weights.h5"))
+
+
+def test_evaluate_and_export_refuse_a_model_with_non_finite_outputs(work):
+    import keras
+
+    import tf_fusionnet  # noqa: F401  (registers the classes)
+
+    path = os.path.join(work["run"], "model.keras")
+    model = keras.saving.load_model(path, compile=False)
+    kernel = [v for v in model.weights if "kernel" in v.path][-1]  # an exit's classifier (ReLU would map NaN to 0)
+    kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+    model.save(path)
+    shutil.rmtree(os.path.join(work["run"], "eval"), ignore_errors=True)
+    before = snapshot(work["root"])
+    result = script("evaluate.py", "--run", work["run"], cwd=work["root"])
+    assert_one_line_error(result.returncode, result.stderr, 1, r"outputs are not finite")
+    result = _export(work, "--out", os.path.join(work["root"], "b-nan"), "--precision", "float32")
+    assert_one_line_error(result.returncode, result.stderr, 1, r"outputs are not finite")
+    assert_unchanged(before, work["root"])
+    assert not os.path.exists(os.path.join(work["root"], "b-nan"))

@@ -59,10 +59,12 @@ def main(argv):
     from tf_fusionnet.console import import_tensorflow
 
     import_tensorflow(verbose=FLAGS.verbose)
-    from tf_fusionnet.evaluation.report import compare_runs, evaluate_run, format_summary
+    from tf_fusionnet.evaluation.report import check_compare_dir, compare_runs, evaluate_run, format_summary
 
     summaries = []
     try:
+        if len(FLAGS.run) > 1:
+            check_compare_dir(FLAGS.out)  # before the evaluations, which take minutes
         for run_dir in FLAGS.run:
             summary = evaluate_run(run_dir, FLAGS.checkpoint, FLAGS.budget, FLAGS.calibrate,
                                    FLAGS.dataset, FLAGS.batch_size,

@@ -128,8 +128,30 @@ def evaluate_run(
     return summary
 
 
+COMPARE_MARKER = ".tf_fusionnet_compare"  # marks a folder of overlay plots this tool wrote
+
+
+def check_compare_dir(out_dir: str) -> None:
+    """Refuses an ``--out`` that holds anything but an earlier comparison's plots, so that none
+    of the user's files (an ``anytime.png`` of their own, say) is written over."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RunError(f"--out {out_dir}: exists and is not a folder")
+    if not os.path.isdir(out_dir):
+        return
+    entries = set(os.listdir(out_dir))
+    ours = {COMPARE_MARKER, "anytime.png", "budgeted.png"}
+    if entries and (COMPARE_MARKER not in entries or entries - ours):
+        raise RunError(f"--out {out_dir}: a folder with files this tool did not write; refusing to write the "
+                       "overlay plots into it (give a new or empty folder)")
+
+
 def compare_runs(summaries: Sequence[dict[str, Any]], out_dir: str) -> list[str]:
-    """Overlay plots of several evaluated runs, labelled by run (and its full path where names repeat)."""
+    """Overlay plots of several evaluated runs, labelled by run (and its full path where names repeat),
+    in ``out_dir`` (new, empty or an earlier comparison: :func:`check_compare_dir`)."""
+    check_compare_dir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, COMPARE_MARKER), "w") as f:
+        f.write("overlay plots of evaluate.py --run ... --out\n")
     labels = [run_label(s["run"]) for s in summaries]
     labels = [lab if labels.count(lab) == 1 else f"{lab}: {s['run'].run_dir}" for lab, s in zip(labels, summaries)]
     anytime = [{"label": lab, "x": [e["macs"] for e in s["anytime"]], "y": [e["top1"] for e in s["anytime"]]}

@@ -227,6 +227,13 @@ def run_logits(
         "val_labels": data.train_labels[val_idx],
         "test_labels": data.test_labels,
     }
+    for split in ("val", "test"):
+        bad = ~np.isfinite(result[f"{split}_logits"])
+        if bad.any():  # a diverged model: no accuracy or ECE of it means anything
+            exits = sorted({int(k) + 1 for k in np.nonzero(bad.any(axis=(1, 2)))[0]})
+            raise RunError(f"{path}: the model's outputs are not finite (NaN or inf) on {int(bad.any(axis=2).sum())} "
+                           f"{split} images at exit(s) {', '.join(map(str, exits))}; it diverged in training, so "
+                           "there is nothing to evaluate or export")
     os.makedirs(run.eval_dir, exist_ok=True)
     with atomic_path(cache) as tmp:
         np.savez_compressed(tmp, key=np.array(key), **result)

@@ -29,9 +29,35 @@ def _is_our_bundle(path: str) -> bool:
             manifest = json.load(f)
     except (OSError, ValueError):
         return False
-    if not (isinstance(manifest, dict) and {"format_version", "stages", "precisions", "sha256"} <= set(manifest)):
+    if not (isinstance(manifest, dict) and {"format_version", "stages", "precisions", "sha256"} <= set(manifest)
+            and isinstance(manifest["sha256"], dict)):
         return False
-    return all(e in BUNDLE_ENTRIES or (e.startswith("latency_") and e.endswith(".json")) for e in os.listdir(path))
+    if not all(e in BUNDLE_ENTRIES or (e.startswith("latency_") and e.endswith(".json")) for e in os.listdir(path)):
+        return False
+    return not foreign_files(path, manifest)
+
+
+def foreign_files(path: str, manifest: dict) -> list[str]:
+    """Every file or link under a bundle folder, at any depth, that the export did not write: not
+    in the manifest's digests, not its own top-level files, not the runner's timing caches or
+    bytecode. A folder holding one is no bundle of ours to replace (a user's notes in ``float32/``)."""
+    listed = {os.path.normpath(name) for name in manifest.get("sha256", {})}
+    own = {"manifest.json", "manifest.sha256", "report.json"}
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        rel_dir = os.path.relpath(dirpath, path)
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            top = rel_dir == "."
+            if os.path.islink(os.path.join(dirpath, name)):
+                foreign.append(rel)
+            elif rel in listed or (top and (name in own or (name.startswith("latency_") and name.endswith(".json")))):
+                continue
+            elif rel.split(os.sep)[0] == "__pycache__" and name.endswith(".pyc"):
+                continue
+            else:
+                foreign.append(rel)
+    return foreign
 
 
 def check_out_dir(out_dir: str, run_dir: str) -> None:

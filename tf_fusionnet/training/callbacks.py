@@ -59,6 +59,40 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         )
 
 
+class NonFiniteLossError(ValueError):
+    """Training reached a NaN or infinite loss; the message says where and what was kept."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"training stopped: the loss became {value} at epoch {epoch}, step {step}; the run keeps its last "
+            "finished epoch (model.keras and the backup were not written over). Lower --lr (or "
+            "--warmup_epochs longer), then train into a new --output")
+
+
+def check_finite_loss(value, epoch: int, step: int) -> None:
+    """Raises :class:`NonFiniteLossError` for a NaN or infinite loss (``epoch`` and ``step`` 1-based)."""
+    import math
+
+    if value is not None and not math.isfinite(float(value)):
+        raise NonFiniteLossError(epoch, step, float(value))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops ``fit`` at the first step whose loss is not finite, before the epoch ends.
+
+    Keras's ``TerminateOnNaN`` only asks ``fit`` to stop, so the epoch's end still runs and its
+    callbacks save the NaN weights over the last good ``model.keras`` and backup. This raises
+    instead, so those files keep the last finished epoch. Put it first in the callback list.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        check_finite_loss((logs or {}).get("loss"), getattr(self, "_epoch", 1), batch + 1)
+
+
 class EpochCSVLog(keras.callbacks.Callback):
     """``log.csv``: one row per finished epoch (1-based ``epoch`` column), rewritten atomically.
 

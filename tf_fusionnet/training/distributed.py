@@ -104,6 +104,7 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
     import keras
     import tensorflow as tf
 
+    from tf_fusionnet.training.callbacks import check_finite_loss
     from tf_fusionnet.training.trainer import parse_exit_weights
 
     spec = strategy.cluster_resolver.cluster_spec().as_dict()
@@ -188,6 +189,7 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
         shown = time.perf_counter()
         for step in range(first_step, steps):
             per_exit, correct, count = train_step(iterator)
+            check_finite_loss(float(np.dot(hard_weights, per_exit.numpy())), epoch + 1, step + 1)
             loss_sums += per_exit.numpy() * global_batch  # averages over the global batch, back to sums
             correct_sums += correct.numpy()
             seen += float(count.numpy())

@@ -432,7 +432,8 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
     from tf_fusionnet.data.pipeline import AugmentConfig, make_eval_dataset, make_train_dataset, normalization_stats
     from tf_fusionnet.macs import exit_macs
     from tf_fusionnet.presets import build_model
-    from tf_fusionnet.training.callbacks import AtomicBackupAndRestore, AtomicModelCheckpoint, EpochCSVLog
+    from tf_fusionnet.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochCSVLog,
+                                                 StopOnNonFiniteLoss)
 
     data = load_dataset(config.dataset, config.tfds_data_dir or None, parse_image_size(config.image_size),
                         channels=config.channels)
@@ -527,8 +528,9 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
         return {"run_dir": config.run_dir(), "logs": logs, "exit_macs": macs, "num_exits": num_exits}
     train_ds = train_dataset(x_train, y_train, config.batch_size, config.seed)
     callbacks = [
-        # Order matters: the log and the models of an epoch are on disk before the
-        # backup marks the epoch as done.
+        # Order matters: a non-finite loss stops the epoch before anything is saved; the log and
+        # the models of an epoch are on disk before the backup marks the epoch as done.
+        StopOnNonFiniteLoss(),
         EpochCSVLog(os.path.join(run_dir, "log.csv"), config.batch_size),
         AtomicModelCheckpoint(
             os.path.join(run_dir, "model.keras"),
