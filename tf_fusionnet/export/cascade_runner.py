@@ -18,10 +18,12 @@ This file is copied into every bundle; it never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import stat
 import sys
 import time
 from typing import Iterable, Iterator
@@ -29,23 +31,42 @@ from typing import Iterable, Iterator
 import numpy as np
 
 
-def _load_portable():
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+sha256_file = _sha256_file
+_PORTABLE = None
+
+
+def _portable():
     """The image-mode rule and file checks shared with training: the bundle's own copy when this
-    file runs from a bundle, the package's otherwise (never a module found elsewhere on sys.path)."""
-    sibling = os.path.join(os.path.dirname(os.path.abspath(__file__)), "portable.py")
-    if os.path.exists(sibling):
-        spec = importlib.util.spec_from_file_location("_tf_fusionnet_bundle_portable", sibling)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    from tf_fusionnet import portable
+    file runs from a bundle, the package's otherwise (never a module found elsewhere on sys.path).
 
-    return portable
+    Loaded on first use, not on import, so that a bundle's ``portable.py`` runs only after its
+    digest was checked against the bundle's manifest (and the manifest against a pin, if given):
+    :class:`CascadeRunner` checks this file and ``portable.py`` before it loads anything."""
+    global _PORTABLE
+    if _PORTABLE is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sibling = os.path.join(here, "portable.py")
+        if os.path.exists(sibling):
+            if os.path.exists(os.path.join(here, MANIFEST)):
+                verify_files(here, load_manifest(here), ["portable.py"])
+            spec = importlib.util.spec_from_file_location("_tf_fusionnet_bundle_portable", sibling)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _PORTABLE = module
+        else:
+            from tf_fusionnet import portable
 
+            _PORTABLE = portable
+    return _PORTABLE
 
-_portable = _load_portable()
-sha256_file = _portable.sha256_file
-IMAGE_EXTENSIONS = _portable.IMAGE_EXTENSIONS
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"  # "HEX  manifest.json": `sha256sum -c manifest.sha256` checks it
@@ -134,6 +155,45 @@ def _fail(key: str, expected: str) -> None:
     raise BundleError(f"{MANIFEST}: key {key!r} {expected}")
 
 
+def is_bundle_name(name) -> bool:
+    """Whether ``name`` may name a file of a bundle: a relative POSIX path whose parts are plain
+    names (no ``..``, ``.``, empty part, backslash, NUL, drive or leading ``/``).
+
+    Checked on the manifest's text, before the file system is touched, so that a received
+    bundle's manifest can neither name a file outside the bundle nor learn, from the runner's
+    errors, whether one exists."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts) and ":" not in parts[0]
+
+
+def bundle_path(bundle: str, name: str) -> str:
+    """The path of the bundle's file ``name``, confined to the bundle: every file the runner
+    opens in a bundle goes through here.
+
+    Raises BundleError unless ``name`` passes :func:`is_bundle_name`, the path resolves (links
+    followed) to a place inside the bundle folder, and it is a regular file (a FIFO or a device
+    would block or never end). The message names the bundle's own path only: whether a file
+    outside exists, or what it holds, is never told."""
+    if not is_bundle_name(name):
+        raise BundleError(f"{bundle}: {name!r} is not a file name inside the bundle")
+    path = os.path.join(bundle, *name.split("/"))
+    root = os.path.realpath(bundle)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        raise BundleError(f"{path}: a link that leaves the bundle; bundles hold their files")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing from the bundle") from None
+    except OSError as error:
+        raise BundleError(f"{path}: unreadable ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{path}: not a regular file")
+    return path
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -184,6 +244,9 @@ def validate_manifest(manifest) -> None:
         stages = entry.get("stages") if isinstance(entry, dict) else None
         if not (isinstance(stages, list) and len(stages) == k and all(isinstance(f, str) for f in stages)):
             _fail(f"precisions.{name}.stages", f"must be a list of {k} file names")
+        for field in ("stages", "standalone"):
+            if not all(is_bundle_name(f) for f in entry.get(field, [])) or not isinstance(entry.get(field, []), list):
+                _fail(f"precisions.{name}.{field}", "must name files inside the bundle (relative, no '..')")
         if entry.get("stage_io_dtype", "float32") not in STAGE_IO_DTYPES:
             _fail(f"precisions.{name}.stage_io_dtype", f"must be one of {', '.join(STAGE_IO_DTYPES)}")
     table = manifest.get("thresholds")
@@ -201,30 +264,63 @@ def validate_manifest(manifest) -> None:
         if not (isinstance(shares, list) and len(shares) == k and all(_is_number(v) for v in shares)):
             _fail(f"thresholds[{i}].val_exit_shares", f"must be a list of {k} numbers")
     digests = manifest.get("sha256")
-    if not (isinstance(digests, dict) and all(isinstance(v, str) and len(v) == 64 for v in digests.values())):
+    if not (isinstance(digests, dict) and all(_is_sha256(v) for v in digests.values())):
         _fail("sha256", "must map file names to sha256 hex digests")
+    if not all(is_bundle_name(n) for n in digests):
+        _fail("sha256", "must name files inside the bundle (relative, no '..')")
+    specs = manifest.get("stages")  # the writer's record of each stage's tensors; absent before format 4
+    if specs is not None:
+        if not (isinstance(specs, list) and len(specs) == k):
+            _fail("stages", f"must be a list of {k} stage records")
+        for i, spec in enumerate(specs):
+            names_of = lambda field: spec.get(field) if isinstance(spec, dict) else None
+            for field in ("inputs", "outputs"):
+                if not (isinstance(names_of(field), list) and all(isinstance(n, str) for n in names_of(field))):
+                    _fail(f"stages[{i}].{field}", "must be a list of tensor names")
+            shapes = names_of("input_shapes")
+            if not (isinstance(shapes, list) and len(shapes) == len(spec["inputs"]) and all(
+                    isinstance(d, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in d)
+                    for d in shapes)):
+                _fail(f"stages[{i}].input_shapes", "must give one list of positive sizes per input")
 
 
-def load_manifest(bundle: str) -> dict:
-    """Reads, digest-checks and validates a bundle's manifest."""
-    path = os.path.join(bundle, MANIFEST)
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def load_manifest(bundle: str, expect_sha256: str | None = None) -> dict:
+    """Reads, digest-checks and validates a bundle's manifest.
+
+    ``expect_sha256``: the sha256 the app pinned for this manifest (hex). The bundle's own
+    ``manifest.sha256`` only catches accidents, since whoever edits the manifest can rewrite it;
+    a pin kept outside the bundle catches edits too, and through the manifest's digests of every
+    file, edits anywhere in the bundle."""
+    if expect_sha256 is not None and not _is_sha256(str(expect_sha256).lower()):
+        raise BundleError(f"the expected manifest sha256 must be 64 hex digits, got {expect_sha256!r}")
     try:
-        _portable.check_regular_file(path)
+        path = bundle_path(bundle, MANIFEST)
+    except BundleError as error:
+        if not os.path.lexists(os.path.join(bundle, MANIFEST)):
+            raise BundleError(f"{bundle}: no {MANIFEST}; not a tf_fusionnet bundle") from None
+        raise error from None
+    try:
         with open(path, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
-        raise BundleError(f"{bundle}: no {MANIFEST}; not a tf_fusionnet bundle") from None
     except OSError as error:
         raise BundleError(f"{path}: unreadable ({error.strerror or error})") from None
-    try:
-        with open(os.path.join(bundle, MANIFEST_DIGEST)) as f:
-            recorded = f.read().split()[0]
-    except (OSError, IndexError):
-        raise BundleError(f"{bundle}: no readable {MANIFEST_DIGEST}; the manifest cannot be checked") from None
-    import hashlib
-
-    if hashlib.sha256(raw).hexdigest() != recorded:
-        raise BundleError(f"{path}: does not match {MANIFEST_DIGEST} (edited or corrupt bundle)")
+    digest = hashlib.sha256(raw).hexdigest()
+    if expect_sha256 is not None:
+        if digest != str(expect_sha256).lower():
+            raise BundleError(f"{path}: sha256 {digest} is not the expected {str(expect_sha256).lower()} "
+                              "(another or a modified bundle)")
+    else:
+        try:
+            with open(bundle_path(bundle, MANIFEST_DIGEST)) as f:
+                recorded = f.read().split()[0]
+        except (BundleError, OSError, IndexError, UnicodeDecodeError):
+            raise BundleError(f"{bundle}: no readable {MANIFEST_DIGEST}; the manifest cannot be checked") from None
+        if digest != recorded:
+            raise BundleError(f"{path}: does not match {MANIFEST_DIGEST} (edited or corrupt bundle)")
 
     def refuse_constant(name):
         raise ValueError(f"{name} is not JSON")
@@ -237,17 +333,15 @@ def load_manifest(bundle: str) -> dict:
     return manifest
 
 
+# The runtime's own files in a bundle: checked against the manifest like the stages.
+RUNTIME_FILES = ("cascade_runner.py", "portable.py")
+
+
 def verify_files(bundle: str, manifest: dict, names) -> None:
     """Checks the sha256 of every named file against the manifest before anything is loaded."""
     for name in names:
-        path = os.path.join(bundle, name)
         expected = manifest["sha256"].get(name)
-        if not os.path.exists(path):
-            raise BundleError(f"{path}: missing from the bundle")
-        try:
-            _portable.check_regular_file(path)
-        except OSError as error:
-            raise BundleError(str(error)) from None
+        path = bundle_path(bundle, name)
         if expected is None or sha256_file(path) != expected:
             raise BundleError(f"{path}: sha256 does not match the manifest (corrupt or modified bundle)")
 
@@ -312,6 +406,55 @@ def _tensor_quantization(detail: dict) -> tuple[float, int] | None:
     return None
 
 
+def check_stage(manifest: dict, k: int, path: str, input_details: dict, output_details: dict,
+                written: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Checks stage ``k`` (0-based) as loaded from ``path`` against what the manifest says of it
+    and what the earlier stages return; every stage a runner loads passes here.
+
+    A stage that takes another image size or answers another number of classes than the
+    manifest names would run and give plausible, wrong answers (a 3-class model under a
+    10-class manifest answered class 2 for every image), so each is refused: its tensor names
+    and input shapes against ``stages[k]`` (bundles of format 4), stage 1's image against
+    ``input.shape``, every other input against the earlier output of that name, and the logits
+    against ``class_names`` and the other stages. ``written``: each earlier output's shape
+    (without the batch dimension); returns it with this stage's outputs added."""
+    shape_of = lambda d: tuple(int(v) for v in d["shape"][1:])
+    shown = lambda shape: "x".join(map(str, shape)) or "a scalar"
+    spec = (manifest.get("stages") or [None] * (k + 1))[k]
+    if spec is not None:
+        for side, details, listed in (("inputs", input_details, spec["inputs"]),
+                                      ("outputs", output_details, spec["outputs"])):
+            if sorted(details) != sorted(listed):
+                raise BundleError(f"{path}: {side} {', '.join(sorted(details))}, the manifest's stages[{k}] "
+                                  f"lists {', '.join(sorted(listed))}")
+        for name, expected in zip(spec["inputs"], spec["input_shapes"]):
+            if shape_of(input_details[name]) != tuple(expected):
+                raise BundleError(f"{path}: input {name} is {shown(shape_of(input_details[name]))}, the manifest's "
+                                  f"stages[{k}] says {shown(expected)}")
+    if k == 0:
+        if "image" not in input_details:
+            raise BundleError(f"{path}: stage 1 has no input named image")
+        if shape_of(input_details["image"]) != tuple(manifest["input"]["shape"]):
+            raise BundleError(f"{path}: reads {shown(shape_of(input_details['image']))} images, the manifest's "
+                              f"input.shape says {shown(manifest['input']['shape'])}")
+    elif "image" in input_details and shape_of(input_details["image"]) != tuple(manifest["input"]["shape"]):
+        raise BundleError(f"{path}: reads {shown(shape_of(input_details['image']))} images, the manifest's "
+                          f"input.shape says {shown(manifest['input']['shape'])}")
+    for name, detail in input_details.items():
+        if name != "image" and name in written and shape_of(detail) != written[name]:
+            raise BundleError(f"{path}: input {name} is {shown(shape_of(detail))}, the earlier stage that returns it "
+                              f"gives {shown(written[name])}")
+    if "logits" not in output_details or len(shape_of(output_details["logits"])) != 1:
+        raise BundleError(f"{path}: returns no logits vector")
+    classes = shape_of(output_details["logits"])[0]
+    names = manifest.get("class_names")
+    if names and classes != len(names):
+        raise BundleError(f"{path}: answers {classes} classes, the manifest names {len(names)}")
+    if "logits" in written and written["logits"] != (classes,):
+        raise BundleError(f"{path}: answers {classes} classes, stage 1 answers {written['logits'][0]}")
+    return {**written, **{n: shape_of(d) for n, d in output_details.items()}}
+
+
 class CascadeRunner:
     """Runs the stages of a bundle with early exit.
 
@@ -322,12 +465,16 @@ class CascadeRunner:
         budget: average MACs per image; picks thresholds from the manifest.
         thresholds: explicit per-exit thresholds (overrides ``budget``); the
             last one is ignored (the last exit always answers).
+        expect_manifest_sha256: the sha256 (hex) of the bundle's ``manifest.json`` as the app
+            shipped it: any other manifest, and through its digests any other file, is refused.
+            Without it the bundle is checked against its own digests, which catch accidents only.
     """
 
     def __init__(self, bundle: str, precision: str = "float32", threads: int = 1,
-                 budget: float | None = None, thresholds=None):
+                 budget: float | None = None, thresholds=None, expect_manifest_sha256: str | None = None):
         self.bundle = bundle
-        self.manifest = load_manifest(bundle)
+        self.manifest = load_manifest(bundle, expect_manifest_sha256)
+        verify_files(bundle, self.manifest, [n for n in RUNTIME_FILES if n in self.manifest["sha256"]])
         if precision not in self.manifest["precisions"]:
             raise BundleError(f"precision {precision!r} not in the bundle "
                               f"(has {', '.join(self.manifest['precisions'])})")
@@ -338,6 +485,7 @@ class CascadeRunner:
         self._mix_credit = 0.0
         self._latency: dict | None = None  # use_latency_budget's budget, target and entry curve
         self._stage_cost: list[float] | None = None  # deadline_ms's per-stage cost envelope
+        self._probe_wait: list[int] | None = None  # deadline_ms: skips before each stage is re-measured
         self._timings: dict | None = None
         files = self.manifest["precisions"][precision]["stages"]
         verify_files(bundle, self.manifest, files)
@@ -348,7 +496,7 @@ class CascadeRunner:
         # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2 when it loads and first
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
         self.reads_pixels = reads_pixels(self.manifest)
-        with _portable.captured_stderr_fd((BundleError,)):
+        with _portable().captured_stderr_fd((BundleError,)):
             self._load_stages(bundle, files, threads)
             self.run_stages(np.zeros((1,) + self.input_shape, np.uint8 if self.reads_pixels else np.float32))
         self.num_exits = len(self.interpreters)
@@ -420,8 +568,9 @@ class CascadeRunner:
         self.stage_input_quantization: list[dict] = []
         self.stage_output_quantization: list[dict] = []
         io_dtype = self.manifest["precisions"][self.precision].get("stage_io_dtype", "float32")
+        written: dict[str, tuple[int, ...]] = {}
         for name in files:
-            path = os.path.join(bundle, name)
+            path = bundle_path(bundle, name)
             try:
                 interpreter = Interpreter(model_path=path, num_threads=threads)
                 interpreter.allocate_tensors()
@@ -436,6 +585,7 @@ class CascadeRunner:
                 out_quant = {n: _tensor_quantization(d) for n, d in output_details.items()}
             except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
                 raise BundleError(f"{path}: not a loadable TFLite stage ({error})") from None
+            written = check_stage(self.manifest, len(self.interpreters), path, input_details, output_details, written)
             if pixels - ({"image"} if not self.interpreters else set()):
                 raise BundleError(f"{path}: reads uint8 {', '.join(sorted(pixels))}; only stage 1's image may be uint8")
             if not self.interpreters and ("image" in pixels) != self.reads_pixels:
@@ -708,6 +858,7 @@ class CascadeRunner:
         costs = None if deadline_ms is None else self._stage_costs()
         thresholds = self._mix[0] if upper else self.thresholds
         start = stage_start = time.perf_counter()
+        probing = None  # the stage run to re-measure its cost although the estimate said no time
         pool = {"image": x}
         logits = None
         try:
@@ -723,11 +874,16 @@ class CascadeRunner:
                 elapsed = (now - start) * 1e3
                 if costs is not None:
                     took = (now - stage_start) * 1e3
-                    # Upper envelope: halfway up to a slower run at once, down 0.2% per faster one.
-                    costs[k] = costs[k] + 0.5 * (took - costs[k]) if took > costs[k] else costs[k] * 0.998
+                    if k == probing:  # a fresh cost replaces a stale one
+                        costs[k] = max(took, 0.5 * costs[k]) if took > costs[k] else took
+                        self._probe_outcome(k, fitted=elapsed <= deadline_ms)
+                    else:  # upper envelope: halfway up to a slower run at once, down 0.2% per faster one
+                        costs[k] = costs[k] + 0.5 * (took - costs[k]) if took > costs[k] else costs[k] * 0.998
                     stage_start = now
                 confident = confidence is not None and confidence >= thresholds[k]
                 out_of_time = costs is not None and not last and elapsed + costs[k + 1] > deadline_ms
+                if out_of_time and not confident and probing is None and self._probe_due(k + 1):
+                    out_of_time, probing = False, k + 1
                 if confident or last or out_of_time:
                     if answer is None:
                         answer, confidence = self._answer(k, logits)
@@ -741,6 +897,29 @@ class CascadeRunner:
             pool.clear()  # views of the stages' buffers: gone before any stage runs again,
             logits = None  # even when a traceback keeps this frame
         raise AssertionError("unreachable")
+
+    # Under a deadline, a stage the cost estimate rules out is never run, so its estimate could
+    # never fall again: one made at a loaded moment (2.7-5.9 ms a stage, on a bundle whose whole
+    # model takes 4.98 ms) kept every image at exit 1. Each such stage is therefore run anyway
+    # after PROBE_AFTER_SKIPS images that skipped it, and its measured cost replaces the estimate;
+    # when the probe overshoots the deadline, the wait for the next one doubles (up to
+    # PROBE_MAX_WAIT), so a deadline that really is too short costs a handful of late answers.
+    PROBE_AFTER_SKIPS = 16
+    PROBE_MAX_WAIT = 4096
+
+    def _probe_due(self, k: int) -> bool:
+        """Counts one image that skipped stage k for time; whether stage k is due to be re-measured."""
+        if self._probe_wait is None:
+            self._probe_wait = [self.PROBE_AFTER_SKIPS] * self.num_exits
+            self._skips = [0] * self.num_exits
+        self._skips[k] += 1
+        if self._skips[k] < self._probe_wait[k]:
+            return False
+        self._skips[k] = 0
+        return True
+
+    def _probe_outcome(self, k: int, fitted: bool) -> None:
+        self._probe_wait[k] = self.PROBE_AFTER_SKIPS if fitted else min(2 * self._probe_wait[k], self.PROBE_MAX_WAIT)
 
     # -- latency budgets --------------------------------------------------------
 
@@ -774,7 +953,7 @@ class CascadeRunner:
         cache = cache or getattr(self, "timing_cache", None)
         key = (f"{self.precision}:{self.threads}:"
                f"{self.manifest['sha256'][self.manifest['precisions'][self.precision]['stages'][0]]}")
-        if cache and os.path.isfile(cache):
+        if cache and os.path.isfile(cache) and not os.path.islink(cache):
             try:
                 with open(cache) as f:
                     stored = json.load(f)
@@ -824,6 +1003,9 @@ class CascadeRunner:
         machines; heat does it on a phone), which an estimate made once cannot follow. Batches
         use the target as it stands.
         """
+        if not self.manifest["thresholds"]:
+            raise BundleError("a latency budget needs the bundle's fitted thresholds, and it has none (exported "
+                              "with --thresholds_from none); give --thresholds or --deadline_ms instead")
         exit_ms = np.asarray(self.cascade_timings(cache=cache)["exit_ms"])
 
         curve = sorted(((float(np.dot(e["val_exit_shares"], exit_ms)),
@@ -872,11 +1054,11 @@ def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
     except ImportError:
         raise BundleError("reading image files needs Pillow: pip install pillow") from None
     try:
-        _portable.check_regular_file(path)
+        _portable().check_regular_file(path)
         with Image.open(path) as img:
             img.load()
-            array, converted = _portable.image_to_array(img, int(shape[2]))
-    except _portable.ImageModeError as error:
+            array, converted = _portable().image_to_array(img, int(shape[2]))
+    except _portable().ImageModeError as error:
         raise BundleError(f"{path}: {error}") from None
     except Exception as error:
         raise BundleError(f"{path}: not a readable image ({error})") from None
@@ -886,36 +1068,56 @@ def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
     return array, converted
 
 
-def iter_images(paths) -> Iterator[str]:
+def iter_images(paths, on_error=None) -> Iterator[str]:
     """Image files named or found (recursively, sorted) under folders; lazily, so a folder of a
-    million images is never listed in memory at once."""
+    million images is never listed in memory at once.
+
+    ``on_error(message)``: called for a named path that is missing or not a file, which is then
+    skipped; without it such a path raises BundleError."""
     for path in paths:
         if os.path.isdir(path):
             for root, dirs, names in os.walk(path):
                 dirs.sort()
                 for n in sorted(names):
                     full = os.path.join(root, n)
-                    if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(full):
+                    if n.lower().endswith(_portable().IMAGE_EXTENSIONS) and os.path.isfile(full):
                         yield full
-        elif os.path.exists(path):
-            if not os.path.isfile(path):
-                raise BundleError(f"{path}: not a regular file or folder")
-            yield path
+            continue
+        if not os.path.exists(path):
+            problem = BundleError(f"{path}: no such file or folder")
+        elif not os.path.isfile(path):
+            problem = BundleError(f"{path}: not a regular file or folder")
         else:
-            raise BundleError(f"{path}: no such file or folder")
+            yield path
+            continue
+        if on_error is None:
+            raise problem
+        on_error(str(problem))
 
 
 class RunningSummary:
-    """Totals over a stream of results: constant memory whatever the number of images."""
+    """Totals over a stream of results: constant memory whatever the number of images.
 
-    def __init__(self, num_exits: int):
+    ``class_names``: the bundle's; an image in a folder named after one of them counts toward
+    a top-1 accuracy (the layout of a training folder)."""
+
+    def __init__(self, num_exits: int, class_names=None):
         self.count = 0
         self.total_ms = 0.0
         self.total_macs = 0.0
         self.exit_counts = [0] * num_exits
         self.converted = 0
         self.deadline_hits = 0
+        self.unreadable = 0
+        self.labelled = self.correct = 0
+        self._class_index = {name: i for i, name in enumerate(class_names or [])}
         self.started = time.perf_counter()
+
+    def expected_class(self, path) -> int | None:
+        """The class an image's folder names, if it names one of the bundle's."""
+        if not isinstance(path, str):
+            return None
+        return self._class_index.get(os.path.basename(os.path.dirname(os.path.abspath(path))))
 
     def add(self, result: dict) -> None:
         self.count += 1
@@ -923,17 +1125,34 @@ class RunningSummary:
         self.total_macs += result["macs"]
         self.exit_counts[result["exit"] - 1] += 1
         self.deadline_hits += bool(result.get("deadline_hit"))
+        expected = self.expected_class(result.get("file"))
+        if expected is not None:
+            self.labelled += 1
+            self.correct += result["class"] == expected
+
+    def as_dict(self) -> dict:
+        n = max(1, self.count)
+        summary = {"images": self.count, "mean_ms": self.total_ms / n, "mean_macs": self.total_macs / n,
+                   "images_per_s": self.count / max(1e-9, time.perf_counter() - self.started),
+                   "exit_counts": list(self.exit_counts), "deadline_hits": self.deadline_hits,
+                   "converted": self.converted, "unreadable": self.unreadable}
+        if self.labelled:
+            summary.update(labelled=self.labelled, top1=self.correct / self.labelled)
+        return summary
 
     def line(self, channels: int) -> str:
-        n = max(1, self.count)
-        rate = self.count / max(1e-9, time.perf_counter() - self.started)
-        text = (f"{self.count} images: mean {self.total_ms / n:.2f} ms, mean {self.total_macs / n / 1e6:.2f}M MACs, "
-                f"{rate:.1f} images/s; "
+        s = self.as_dict()
+        text = (f"{self.count} images: mean {s['mean_ms']:.2f} ms, mean {s['mean_macs'] / 1e6:.2f}M MACs, "
+                f"{s['images_per_s']:.1f} images/s; "
                 "exits " + ", ".join(f"{k + 1}: {c}" for k, c in enumerate(self.exit_counts)))
+        if self.labelled:
+            text += f"; top-1 {100 * s['top1']:.1f}% on the {self.labelled} in class-named folders"
         if self.deadline_hits:
             text += f"; {self.deadline_hits} answered at the deadline"
         if self.converted:
             text += f"; {self.converted} converted to {channels} channel(s)"
+        if self.unreadable:
+            text += f"; {self.unreadable} unreadable (named above)"
         return text
 
 
@@ -977,27 +1196,41 @@ def classify_batches(runner: "CascadeRunner", batches: Iterable[tuple[list, np.n
 
 
 def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: int = 1,
-                   deadline_ms: float | None = None, summary: RunningSummary | None = None) -> Iterator[dict]:
-    """Streams ``{"file", "class", ...}`` results, reading ``batch_size`` images at a time."""
+                   deadline_ms: float | None = None, summary: RunningSummary | None = None,
+                   on_error=None) -> Iterator[dict]:
+    """Streams ``{"file", "class", ...}`` results, reading ``batch_size`` images at a time.
+
+    ``on_error(message)``: called for an image that cannot be read, which is then skipped (and
+    counted in ``summary.unreadable``); without it the first such image raises BundleError."""
 
     def batches():
         chunk: list[str] = []
         for path in files:
             chunk.append(path)
             if len(chunk) >= batch_size:
-                yield chunk, _read_all(chunk)
+                yield from _read_all(chunk)
                 chunk = []
         if chunk:
-            yield chunk, _read_all(chunk)
+            yield from _read_all(chunk)
 
     def _read_all(paths):
-        images = []
+        names, images = [], []
         for path in paths:
-            array, converted = read_image(path, runner.input_shape)
+            try:
+                array, converted = read_image(path, runner.input_shape)
+            except BundleError as error:
+                if on_error is None:
+                    raise
+                on_error(str(error))
+                if summary is not None:
+                    summary.unreadable += 1
+                continue
+            names.append(path)
             images.append(array)
             if summary is not None:
                 summary.converted += converted
-        return np.stack(images)
+        if images:
+            yield names, np.stack(images)
 
     return classify_batches(runner, batches(), deadline_ms, summary, batch_size)
 
@@ -1015,19 +1248,34 @@ def _positive(name: str, value, allow_zero: bool = False):
 
 
 def main(argv=None) -> int:
-    parser = _Parser(description="Early-exit classification with a tf_fusionnet TFLite bundle.")
-    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser = _Parser(description="Early-exit classification with a tf_fusionnet TFLite bundle. Without "
+                     "--budget, --thresholds or --latency_budget_ms every image is answered by the last exit "
+                     "(no early exit). An image that cannot be read is reported on its own stderr line and "
+                     "skipped; the exit status is then 1.")
+    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively; images in "
+                        "folders named after the bundle's classes also give a top-1 accuracy)")
     parser.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)),
                         help="bundle folder (default: this file's folder)")
-    parser.add_argument("--precision", default="float32", help="float32, float16 or int8 (as in the bundle)")
+    parser.add_argument("--precision", default="float32",
+                        help="float32 (default), float16 or int8, as the bundle has them")
     parser.add_argument("--budget", type=float, help="average MACs per image (thresholds from the manifest)")
     parser.add_argument("--thresholds", help="explicit comma-separated per-exit thresholds")
     parser.add_argument("--latency_budget_ms", type=float, help="average milliseconds per image on this device")
     parser.add_argument("--deadline_ms", type=float, help="answer with the best exit reached when time is up")
-    parser.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads (default 1)")
     parser.add_argument("--batch_size", type=int, default=1,
                         help="images per stage call; > 1 is server mode: results in the order answered")
-    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--expect_manifest_sha256", metavar="HEX",
+                        help="refuse the bundle unless its manifest.json has this sha256 (pin the bundle an "
+                             "app ships; see docs/reliability.md)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per image on stdout, then {\"summary\": {...}}")
+    failures = []
+
+    def report(message: str) -> None:
+        failures.append(message)
+        print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
     try:
         args = parser.parse_args(argv)
         _positive("--budget", args.budget)
@@ -1041,7 +1289,8 @@ def main(argv=None) -> int:
                 thresholds = [float(t) for t in args.thresholds.split(",")]
             except ValueError:
                 raise BundleError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
-        runner = CascadeRunner(args.bundle, args.precision, args.threads, args.budget, thresholds)
+        runner = CascadeRunner(args.bundle, args.precision, args.threads, args.budget, thresholds,
+                               expect_manifest_sha256=args.expect_manifest_sha256)
         runner.timing_cache = os.path.join(args.bundle, f"latency_{args.precision}_{args.threads}t.json")
         if args.latency_budget_ms is not None:
             chosen = runner.use_latency_budget(args.latency_budget_ms)
@@ -1052,26 +1301,29 @@ def main(argv=None) -> int:
                                f"{chosen['upper_budget_macs'] / 1e6:.1f}M-MAC entry for the others")
                 print(f"latency budget {args.latency_budget_ms} ms: expected {chosen['expected_ms']:.2f} ms ({source}; "
                       "then adjusted to the measured times)")
-        summary = RunningSummary(runner.num_exits)
-        for r in classify_files(runner, iter_images(args.images), args.batch_size, args.deadline_ms, summary):
+        summary = RunningSummary(runner.num_exits, runner.manifest.get("class_names"))
+        files = iter_images(args.images, on_error=report)
+        for r in classify_files(runner, files, args.batch_size, args.deadline_ms, summary, on_error=report):
             if args.json:
                 print(json.dumps(r))
             else:
                 print(f"{r['file']}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
                       f"{r['macs'] / 1e6:.2f}M MACs, {r['ms']:.2f} ms")
         if summary.count == 0:
-            raise BundleError("no images found (" + "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ")")
-        if not args.json:
+            if failures:
+                return 1
+            raise BundleError("no images found (" + "/".join(e.lstrip(".") for e in _portable().IMAGE_EXTENSIONS) + ")")
+        if args.json:
+            print(json.dumps({"summary": summary.as_dict()}))
+        else:
             print(summary.line(runner.channels))
-        elif summary.converted:
-            print(f"note: {summary.converted} images converted to {runner.channels} channel(s)", file=sys.stderr)
     except BundleError as error:
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        report(str(error))
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return 1 if failures else 0
 
 
 def console_main() -> None:
