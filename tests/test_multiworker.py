@@ -55,6 +55,27 @@ def _worker_pid(launcher_pid: int, index: int) -> int | None:
     return None
 
 
+def _listening_ports(net_dir: str) -> set[int]:
+    """TCP ports in LISTEN state in a network namespace, from its /proc/.../net/tcp and tcp6."""
+    ports = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = open(os.path.join(net_dir, name)).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _cluster_ports(pid: int) -> set[int]:
+    environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace").split("\0")
+    config = json.loads(next(e for e in environ if e.startswith("TF_CONFIG="))[len("TF_CONFIG="):])
+    return {int(address.rsplit(":", 1)[1]) for address in config["cluster"]["worker"]}
+
+
 def test_two_workers_survive_a_kill_train_the_same_model_and_the_run_evaluates_and_exports(tmp_path):
     """Two workers, 2 epochs: worker 1 is killed after a mid-epoch checkpoint, the launcher stops
     the other, and the same command resumes and finishes. (One scenario for the issue's two
@@ -73,6 +94,10 @@ def test_two_workers_survive_a_kill_train_the_same_model_and_the_run_evaluates_a
         time.sleep(0.05)
     victim = _worker_pid(launcher.pid, 1)
     assert victim is not None and launcher.poll() is None, "the run ended before a worker could be killed"
+    # The workers' gRPC servers listen in the launch's own network namespace, not on this machine's.
+    ports = _cluster_ports(victim)
+    assert ports <= _listening_ports(f"/proc/{victim}/net"), "the workers' servers are not up"
+    assert not ports & _listening_ports("/proc/self/net"), "a worker's port is open on this machine's network"
     os.kill(victim, signal.SIGKILL)
     _, err = launcher.communicate(timeout=120)
     assert launcher.returncode != 0

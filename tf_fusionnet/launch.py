@@ -8,13 +8,25 @@ worker 0's output (the chief's) and writes the others' to ``--log_dir``. When a 
 an error (or is killed), the launcher stops the others, prints one line and exits non-zero; the same
 command resumes from the last checkpoint. For a cluster of several machines, start ``train.py``
 on each host yourself with a ``TF_CONFIG`` naming every host (docs/training.md).
+
+TensorFlow's gRPC server listens on every interface of the machine, whatever host ``TF_CONFIG``
+names, and neither authenticates nor encrypts (TensorFlow has no option for either). So by
+default (``--network private``, Linux) the launcher first moves itself and its workers into a
+network namespace of their own (``unshare --net``), where only their loopback exists: nothing
+outside the launch can reach the workers, and they cannot reach the network either (download a
+dataset before). ``--network host`` runs them on the machine's network, ports open to anyone who
+can reach it: only on a network you trust (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import shutil
+import socket
+import struct
 import signal
 import socket
 import subprocess
@@ -114,23 +126,69 @@ def launch(workers: int, command: Sequence[str], log_dir: str, poll_seconds: flo
         _stop(processes)
 
 
+NETWORKS = ("private", "host")
+_INSIDE = "TF_FUSIONNET_LAUNCH_PRIVATE_NETWORK"  # set once the launcher runs in its own namespace
+
+
+def private_network_prefix() -> list[str] | None:
+    """The ``unshare`` command line that gives a program a network namespace of its own (Linux;
+    ``--map-root-user`` where this user may not create one directly), or None where none can be made."""
+    unshare = shutil.which("unshare")
+    if not sys.platform.startswith("linux") or unshare is None:
+        return None
+    for prefix in ([unshare, "--net"], [unshare, "--net", "--map-root-user"]):
+        try:
+            if subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0:
+                return prefix
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
+
+
+def bring_up_loopback() -> None:
+    """Sets the ``lo`` interface of this (new, empty) network namespace up: it starts down."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH", fcntl.ioctl(s, siocgifflags, struct.pack("16sH", b"lo", 0)))[1]
+        if not flags & iff_up:
+            fcntl.ioctl(s, siocsifflags, struct.pack("16sH", b"lo", flags | iff_up))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tf_fusionnet.launch", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--log_dir", default=None,
                         help="folder for the output of workers 1.. (default: a new temporary folder)")
+    parser.add_argument("--network", choices=NETWORKS, default="private",
+                        help="private (default): the workers in a network of their own, unreachable from outside "
+                             "(Linux); host: on this machine's network, their ports open on every interface")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the script and its arguments, e.g. train.py ...")
-    options = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    options = parser.parse_args(raw_argv)
     if not options.command:
         parser.error("give the script to run, e.g. train.py --dataset sample")
     if options.workers < 1:
         parser.error(f"--workers must be >= 1, got {options.workers}")
     if not os.path.isfile(options.command[0]):
         parser.error(f"{options.command[0]}: no such script")
+    if options.network == "private":
+        if os.environ.get(_INSIDE) != str(os.getpid()):
+            prefix = private_network_prefix()
+            if prefix is None:
+                print("error: cannot give the workers a network of their own here (it needs Linux's unshare "
+                      "and network namespaces); --network host runs them with TensorFlow's unauthenticated "
+                      "gRPC ports open on every interface of this machine (docs/reliability.md)", file=sys.stderr)
+                return 1
+            sys.stdout.flush()
+            # unshare execs (no fork), so the launcher keeps its PID and its workers stay its children.
+            os.execve(prefix[0], [*prefix, sys.executable, "-m", "tf_fusionnet.launch", *raw_argv],
+                      {**os.environ, _INSIDE: str(os.getpid())})
+        bring_up_loopback()
     log_dir = options.log_dir or tempfile.mkdtemp(prefix="tf_fusionnet_launch_")
     if options.workers > 1:
-        print(f"{options.workers} workers on 127.0.0.1; output of workers 1..{options.workers - 1} in {log_dir}",
+        where = "a private network (loopback only)" if options.network == "private" else "127.0.0.1, ports open on every interface"
+        print(f"{options.workers} workers on {where}; output of workers 1..{options.workers - 1} in {log_dir}",
               flush=True)
     return launch(options.workers, options.command, log_dir)
 

@@ -96,6 +96,25 @@ def majority_channels(counts: Iterable[int]) -> int:
     return max(tally, key=lambda c: (tally[c], c))
 
 
+def float_pixels(values: np.ndarray) -> np.ndarray:
+    """A float image (Pillow mode "F", e.g. a 32-bit TIFF) on the 0..255 scale.
+
+    Float images are written on one of two scales: 0..1 (scientific and HDR tools) or 0..255.
+    Rounding 0..1 values as if they were 0..255 gives a black-and-white image of 0s and 1s,
+    which trains and classifies without a word, so the scale is read off the values: all within
+    [0, 1] -> multiplied by 255; within [0, 255] -> as they are; anything else (negative, above
+    255, NaN or infinite) is refused, since no scale is known for it. (An image on the 0..255
+    scale whose brightest pixel is at most 1 would be read as 0..1: nearly black either way.)"""
+    if values.size == 0:
+        return values
+    if not np.isfinite(values).all():
+        raise ImageModeError("float image with NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise ImageModeError(f"float image with values in [{low:g}, {high:g}]; expected 0..1 or 0..255")
+    return values * 255.0 if high <= 1.0 else values
+
+
 def image_to_array(img, channels: int) -> tuple[np.ndarray, bool]:
     """A loaded Pillow image as uint8 (H, W, channels), and whether it had to be converted.
 
@@ -114,9 +133,11 @@ def image_to_array(img, channels: int) -> tuple[np.ndarray, bool]:
         from PIL import Image
 
         wide = np.asarray(img).astype(np.float64)
+        if img.mode == "F":
+            wide = float_pixels(wide)
         # 16-bit data (also what PNG's "I" mode holds) is scaled, not clipped at 255 as
         # Pillow's convert("L") would.
-        if img.mode != "F" and wide.size and wide.max() > 255:
+        elif wide.size and wide.max() > 255:
             wide = wide / 257.0
         img = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8), "L")
     elif img.mode in ("P", "PA"):
@@ -144,5 +165,6 @@ __all__ = [
     "check_regular_file",
     "natural_channels",
     "majority_channels",
+    "float_pixels",
     "image_to_array",
 ]

@@ -28,6 +28,10 @@ def atomic_path(path: str) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:  # a full disk: name the file the user knows, not the temporary one
+        if error.filename in (None, tmp):
+            raise OSError(error.errno, error.strerror or str(error), path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -51,10 +51,25 @@ def main(argv):
     from tf_fusionnet.training import format_exit_table, train
     from tf_fusionnet.training.distributed import WorkerLostError
 
+    from tf_fusionnet.training.trainer import finished_epochs
+
+    def where_it_stopped() -> str:
+        done = finished_epochs(config.run_dir())
+        return (f"stopped at epoch {done} of {config.epochs}" if done else "stopped before the first epoch finished"
+                ) + "; the same command resumes"
+
     try:
         result = train(config)
     except (DataError, ValueError, WorkerLostError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted: {where_it_stopped()}", file=sys.stderr)
+        return 130
+    except OSError as error:  # a full disk or a lost mount while an epoch's files are written
+        where = error.filename or config.run_dir()
+        print(f"error: cannot write {where} ({error.strerror or one_line(error)}): {where_it_stopped()}",
+              file=sys.stderr)
         return 1
     print(f"\nrun: {result['run_dir']}  (last epoch)")
     print(format_exit_table(result))

@@ -223,14 +223,16 @@ def _try_cifar(files: _Files) -> ImageDataset | None:
 
 
 def _natural_channels(files: _Files, name: str) -> int:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(files.read(name))) as img:
             return natural_channels(img.mode, "transparency" in img.info)
     except ImageModeError as error:
         raise DataError(f"{files.path}: {name}: {error}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except DataError:
+        raise
+    except Exception as error:  # Pillow raises many kinds (UnidentifiedImageError, DecompressionBombError, ...)
         raise DataError(f"{files.path}: cannot read image {name} ({error})") from None
 
 
@@ -238,7 +240,7 @@ def _decode_images(
     files: _Files, names: Sequence[str], image_size: tuple[int, int] | None, channels: int
 ) -> tuple[np.ndarray, int]:
     """Decodes ``names`` into uint8 (N, H, W, channels); returns them and how many were converted."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     arrays = []
     converted = 0
@@ -251,7 +253,9 @@ def _decode_images(
                 arr, was_converted = image_to_array(img, channels)
         except ImageModeError as error:
             raise DataError(f"{files.path}: {name}: {error}") from None
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except DataError:
+            raise
+        except Exception as error:  # Pillow raises many kinds (UnidentifiedImageError, DecompressionBombError, ...)
             raise DataError(f"{files.path}: cannot read image {name} ({error})") from None
         converted += was_converted
         if arrays and arr.shape != arrays[0].shape:

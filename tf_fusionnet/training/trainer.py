@@ -76,8 +76,43 @@ def setup_strategy(config: TrainConfig):
             import absl.logging
 
             absl.logging.set_verbosity(absl.logging.WARNING)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        check_own_port(os.environ["TF_CONFIG"])
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except tf.errors.OpError as error:  # TensorFlow's message is often empty ("UnknownError()")
+            raise ValueError(f"could not start this worker's TensorFlow server ({type(error).__name__}: "
+                             f"{error.message or 'no detail given'}); check TF_CONFIG") from None
     raise ValueError(f"--strategy must be default, mirrored or multiworker, got {config.strategy!r}")
+
+
+def check_own_port(tf_config: str) -> None:
+    """Refuses a ``TF_CONFIG`` that TensorFlow could not start from, in one line: unreadable, a
+    task missing from the cluster, or this task's port in use (TensorFlow says only
+    "UnknownError()" then, after 30 lines of C++ log).
+
+    TensorFlow's gRPC server listens on every interface at the port, whatever host TF_CONFIG
+    names, with SO_REUSEADDR; the probe binds the same way, so a port in TIME_WAIT passes and
+    one another process listens on does not."""
+    import socket
+
+    try:
+        spec = json.loads(tf_config)
+        task = spec["task"]
+        address = spec["cluster"][task["type"]][int(task["index"])]
+        port = int(str(address).rsplit(":", 1)[1])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError("TF_CONFIG must be JSON with cluster.{type}[index] = 'host:port' for this task's "
+                         "task.type and task.index") from None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("", port))
+    except OSError as error:
+        raise ValueError(f"TF_CONFIG: port {port} of {task['type']} {task['index']} ({address}) cannot be used on "
+                         f"this machine ({error.strerror or error}): another process listens there; pick a free "
+                         "port or stop that process") from None
+    finally:
+        probe.close()
 
 
 RUN_MARKER = ".tf_fusionnet_run"  # marks a folder as a run and holds the trainer's lock (its PID)
@@ -379,7 +414,12 @@ def precheck(config: TrainConfig) -> None:
         raise ValueError(f"--init_from {config.init_from}: not a preset folder (no metadata.json; write one "
                          "with save_to_preset)")
     if config.strategy != "multiworker":  # a worker's folder depends on its TF_CONFIG role
-        os.close(claim_run_dir(config.run_dir()))
+        run_dir = config.run_dir()
+        created = not os.path.exists(run_dir)
+        os.close(claim_run_dir(run_dir))
+        if created:  # a check only: train() makes the folder, and removes it if it fails before writing
+            os.remove(os.path.join(run_dir, RUN_MARKER))
+            os.rmdir(run_dir)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -390,9 +430,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
     is_chief, task_id = _is_chief(strategy)
     if not is_chief:  # other workers write their copies aside, as Keras recommends
         run_dir = os.path.join(run_dir, f".worker{task_id}")
+    created = not os.path.exists(run_dir)
     lock = claim_run_dir(run_dir)
     try:
         return _train_locked(config, strategy, run_dir, lock)
+    except BaseException:
+        # A run that failed before writing anything (a bad image found while decoding, Ctrl-C
+        # during loading) leaves no empty run folder behind that it made itself.
+        if created and set(os.listdir(run_dir)) <= {RUN_MARKER}:
+            os.remove(os.path.join(run_dir, RUN_MARKER))
+            os.rmdir(run_dir)
+        raise
     finally:
         os.close(lock)
 
@@ -411,6 +459,8 @@ def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dic
     _check_resume(run_dir, config)
     precision = resolve_precision(config.precision, _previous_run_config(run_dir))
     jit_compile = resolve_jit_compile(config.jit_compile)
+    if config.verbose and _has_finished_epoch(run_dir) and finished_epochs(run_dir):
+        print(f"resumed from epoch {finished_epochs(run_dir)} of {config.epochs}", flush=True)
     if config.verbose:
         print(f"precision {precision}, XLA {'on' if jit_compile else 'off'}, threads {_thread_text()}", flush=True)
 
@@ -559,6 +609,22 @@ def _last_logged_epoch(path: str) -> dict[str, float]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return {k: float(v) for k, v in rows[-1].items() if v} if rows else {}
+
+
+def finished_epochs(run_dir: str) -> int:
+    """How many epochs a resumption of the run keeps: the backup's epoch marker (written last at
+    each epoch's end), else the log's last epoch (the multi-worker loop's runs); 0 for none."""
+    try:
+        with open(os.path.join(run_dir, "backup", "training_metadata.json")) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not os.path.isdir(os.path.join(run_dir, "backup", "multiworker")):
+        return 0  # fit's runs resume from the backup only: epochs logged after it are trained again
+    try:
+        return int(_last_logged_epoch(os.path.join(run_dir, "log.csv")).get("epoch", 0))
+    except (OSError, ValueError):
+        return 0
 
 
 def format_exit_table(result: dict[str, Any]) -> str:
