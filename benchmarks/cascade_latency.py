@@ -147,7 +147,7 @@ def whole_model_input(runner, images: np.ndarray) -> np.ndarray:
 
 
 def _convert_whole_model(manifest: dict, precision: str) -> bytes:
-    from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data
+    from tf_fusionnet.runs.reading import load_checkpoint, load_run, load_run_data
     from tf_fusionnet.export.cascade_runner import reads_pixels
     from tf_fusionnet.export.stages import convert_to_tflite, pixel_input_model, representative_feed
 
@@ -411,7 +411,7 @@ def main(argv):
     rows = []
     for bundle in FLAGS.bundle:
         manifest = load_manifest(bundle)
-        from tf_fusionnet.evaluation.runs import load_run
+        from tf_fusionnet.runs.reading import load_run
 
         run = load_run(manifest["source_run"])
         all_test_images = load_dataset(run.config["train"]["dataset"]).test_images

@@ -423,7 +423,7 @@ def collect(job: Job, work: str, out: str) -> dict:
 
 def save_logits(path: str, run: str) -> None:
     """Every exit's validation and test logits of a finished run, with the labels (about 3 MB)."""
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
+    from tf_fusionnet.runs.reading import load_run, run_logits
     from tf_fusionnet.utils import atomic_path
 
     logits = run_logits(load_run(run), verbose=0)

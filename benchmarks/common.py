@@ -62,7 +62,7 @@ def test_predictions(run_dir: str) -> dict[str, np.ndarray]:
     directories are gone.
     """
     from tf_fusionnet.evaluation.metrics import softmax
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
+    from tf_fusionnet.runs.reading import load_run, run_logits
 
     logits = run_logits(load_run(run_dir), verbose=0)
     test = logits["test_logits"]

@@ -77,7 +77,7 @@ def _test_comparison() -> list[dict]:
     if not all(os.path.exists(os.path.join(r, "eval", "logits_model.npz")) for r in runs):
         return []
     from tf_fusionnet.evaluation.metrics import paired_difference
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
+    from tf_fusionnet.runs.reading import load_run, run_logits
 
     before, after = (run_logits(load_run(r), verbose=0) for r in runs)
     labels = before["test_labels"]
@@ -93,7 +93,7 @@ def _test_comparison() -> list[dict]:
 
 def report() -> str:
     from tf_fusionnet.evaluation.plots import plot_curves
-    from tf_fusionnet.training.trainer import _LEGACY_TRAIN_VALUES
+    from tf_fusionnet.runs.folder import LEGACY_TRAIN_VALUES as _LEGACY_TRAIN_VALUES
     from tf_fusionnet.utils import atomic_write_json, atomic_write_text, library_versions, machine_info
 
     os.makedirs(FLAGS.out, exist_ok=True)

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -57,6 +58,25 @@ def tiny_bundle(tmp_path_factory, tiny_run):
     out = str(tmp_path_factory.mktemp("export") / "bundle")
     export_bundle(tiny_run, out, precisions=("float32", "float16", "int8"), standalone=True, verbose=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run, tiny_bundle):
+    """The shared tiny run and its bundle (never modified by a case: copied first)."""
+    return {"run": tiny_run, "bundle": tiny_bundle}
+
+
+@pytest.fixture
+def work(tmp_path, trained):
+    """The fault suites' private copies of the run and the bundle, and a user's folder with a file in it."""
+    run = str(tmp_path / "run")
+    bundle = str(tmp_path / "bundle")
+    shutil.copytree(trained["run"], run)
+    shutil.copytree(trained["bundle"], bundle)
+    user = tmp_path / "my_folder"
+    user.mkdir()
+    (user / "thesis.txt").write_text("years of work")
+    return {"root": str(tmp_path), "run": run, "bundle": bundle, "user": str(user)}
 
 
 def load_benchmark_script(name: str):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tf_fusionnet.evaluation.budgeted import simulate, thresholds_for_budget
+from tf_fusionnet.exits import simulate, thresholds_for_budget
 from tf_fusionnet.evaluation.compare import (Estimate, budgeted_scores, holm, margin_pvalues, paired_estimate,
                                              scores_at_cost, scores_over_range, verdicts)
 from tf_fusionnet.evaluation.metrics import softmax

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tf_fusionnet.evaluation.budgeted import (
+from tf_fusionnet.exits import (
     budgeted_curve,
     exit_indices,
     exit_proportions,
@@ -248,7 +248,7 @@ def _evaluate(*args):
 
 def test_bad_runs_fail_clearly(eval_run, tmp_path):
     from tf_fusionnet.evaluation import report
-    from tf_fusionnet.evaluation.runs import RunError
+    from tf_fusionnet.runs.reading import RunError
     from tf_fusionnet.presets import build_model
 
     missing = _evaluate("--run", str(tmp_path / "nope"))

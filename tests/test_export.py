@@ -209,9 +209,9 @@ def test_one_image_answers_as_the_batch_path_does(bundle):
 
 def test_cascade_makes_the_same_decisions_as_the_simulation(bundle):
     from tf_fusionnet.data.sources import load_dataset
-    from tf_fusionnet.evaluation.budgeted import exit_indices, exit_proportions, fit_thresholds
+    from tf_fusionnet.exits import exit_indices, exit_proportions, fit_thresholds
     from tf_fusionnet.evaluation.metrics import softmax
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
+    from tf_fusionnet.runs.reading import load_run, run_logits
 
     logits = run_logits(load_run(bundle["run"]), verbose=0)
     val_probs, test_probs = softmax(logits["val_logits"]), softmax(logits["test_logits"])

@@ -71,25 +71,6 @@ def runner_module(bundle_dir: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_run, tiny_bundle):
-    """The shared tiny run and its bundle (never modified by a case: copied first)."""
-    return {"run": tiny_run, "bundle": tiny_bundle}
-
-
-@pytest.fixture
-def work(tmp_path, trained):
-    """Private copies of the run and the bundle, and a user's folder with a file in it."""
-    run = str(tmp_path / "run")
-    bundle = str(tmp_path / "bundle")
-    shutil.copytree(trained["run"], run)
-    shutil.copytree(trained["bundle"], bundle)
-    user = tmp_path / "my_folder"
-    user.mkdir()
-    (user / "thesis.txt").write_text("years of work")
-    return {"root": str(tmp_path), "run": run, "bundle": bundle, "user": str(user)}
-
-
 # --------------------------------------------------------------------------- train.py
 
 TRAIN_BAD_FLAGS = [
@@ -179,7 +160,7 @@ def test_train_refuses_an_unwritable_output(work):
 
 
 def test_second_trainer_is_told_the_first_ones_pid(work):
-    from tf_fusionnet.training.trainer import claim_run_dir
+    from tf_fusionnet.runs.folder import claim_run_dir
 
     fd = claim_run_dir(work["run"], record_pid=True)  # this process plays the first trainer
     try:
@@ -263,7 +244,7 @@ def test_evaluate_corrupt_checkpoint_is_named_as_corrupt(work):
 
 
 def test_corrupt_logits_cache_is_rebuilt_and_named(work, capsys):
-    from tf_fusionnet.evaluation.runs import load_run, run_logits
+    from tf_fusionnet.runs.reading import load_run, run_logits
 
     run = load_run(work["run"])
     first = run_logits(run, verbose=0)
@@ -277,7 +258,7 @@ def test_corrupt_logits_cache_is_rebuilt_and_named(work, capsys):
 
 
 def test_logits_cache_is_keyed_on_the_data(work, tmp_path):
-    from tf_fusionnet.evaluation.runs import load_run, logits_cache_key
+    from tf_fusionnet.runs.reading import load_run, logits_cache_key
 
     run = load_run(work["run"])
     key = logits_cache_key(run, run.checkpoint_path())

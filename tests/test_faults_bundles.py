@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_faults import (CAT, _edit_manifest, _run_runner, assert_one_line_error, assert_unchanged,  # noqa: F401
-                         runner_module, snapshot, trained, work)
+from test_faults import CAT, _edit_manifest, _run_runner, assert_one_line_error, assert_unchanged, runner_module, snapshot
 
 
 def _sha256(path: str) -> str:

@@ -101,7 +101,7 @@ def test_models_saved_with_keras_batch_norm_still_load(tmp_path, monkeypatch):
 def test_runs_saved_while_the_fused_layer_had_its_own_class_name_load(tmp_path, monkeypatch):
     """From a5171dd to 1101940 the fused layer was the class FusedBatchNormalization, so its weights
     were saved as layers/fused_batch_normalization_N: evaluation, export and resume read them."""
-    from tf_fusionnet.evaluation.runs import _load_with_legacy_layer_names
+    from tf_fusionnet.runs.reading import _load_with_legacy_layer_names
     from tf_fusionnet.models import blocks
     from tf_fusionnet.models.legacy_weights import renamed_copy
     from tf_fusionnet.presets import build_model

@@ -21,7 +21,7 @@ import importlib.util
 import sys
 from typing import Any
 
-__version__ = "0.2.0"
+from tf_fusionnet.version import __version__  # noqa: F401  (the package's version)
 
 _EXPORTS = {
     # models and presets

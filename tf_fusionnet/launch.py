@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import struct
 import signal
 import socket

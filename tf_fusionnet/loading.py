@@ -55,7 +55,7 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
         model = load_preset(path)
         return model.network if not pixels and isinstance(model, PixelClassifier) else model
     if os.path.isdir(path):
-        from tf_fusionnet.evaluation.runs import RunError, load_checkpoint, load_run
+        from tf_fusionnet.runs.reading import RunError, load_checkpoint, load_run
 
         try:
             run = load_run(path)
@@ -106,7 +106,7 @@ def _load_keras_file(path: str, compile: bool):
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as error:
-        from tf_fusionnet.evaluation.runs import _load_with_legacy_layer_names
+        from tf_fusionnet.runs.reading import _load_with_legacy_layer_names
 
         model = None if compile else _load_with_legacy_layer_names(path)
         if model is None:

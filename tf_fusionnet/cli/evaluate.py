@@ -48,7 +48,7 @@ def main(argv):
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from tf_fusionnet.evaluation.runs import load_run
+    from tf_fusionnet.runs.reading import load_run
 
     try:
         for run_dir in FLAGS.run:

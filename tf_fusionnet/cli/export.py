@@ -52,7 +52,7 @@ def main(argv):
         return _export_preset()
     import contextlib
 
-    from tf_fusionnet.evaluation.runs import load_run
+    from tf_fusionnet.runs.reading import load_run
     from tf_fusionnet.export.destination import check_exits, check_export_arguments, check_out_dir
 
     exits = None

@@ -51,7 +51,7 @@ def main(argv):
     from tf_fusionnet.training import format_exit_table, train
     from tf_fusionnet.training.distributed import WorkerLostError
 
-    from tf_fusionnet.training.trainer import finished_epochs
+    from tf_fusionnet.runs.folder import finished_epochs
 
     def where_it_stopped() -> str:
         done = finished_epochs(config.run_dir())

@@ -1,6 +1,6 @@
 """Evaluation: anytime prediction, budgeted batch classification, calibration."""
 
-from tf_fusionnet.evaluation.budgeted import (
+from tf_fusionnet.exits import (
     budgeted_curve,
     exit_indices,
     exit_proportions,

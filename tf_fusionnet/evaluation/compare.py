@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tf_fusionnet.evaluation.budgeted import exit_indices, thresholds_for_budget
+from tf_fusionnet.exits import exit_indices, thresholds_for_budget
 from tf_fusionnet.evaluation.metrics import softmax
 
 VERDICTS = ("supported", "not supported", "undecided")

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def softmax(logits: np.ndarray, temperature: float | np.ndarray = 1.0) -> np.ndarray:
-    """Softmax over the last axis, in float64 for stable confidences."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+from tf_fusionnet.exits import softmax  # noqa: F401  (metrics are read off its confidences)
 
 
 def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_fusionnet.evaluation.budgeted import budgeted_curve, simulate, thresholds_for_budget
+from tf_fusionnet.exits import budgeted_curve, simulate, thresholds_for_budget
 from tf_fusionnet.evaluation.metrics import expected_calibration_error, fit_temperature, softmax, topk_accuracy
 from tf_fusionnet.evaluation.plots import plot_curves
-from tf_fusionnet.evaluation.runs import Run, RunError, load_run, run_logits
+from tf_fusionnet.runs.reading import Run, RunError, load_run, run_logits
 from tf_fusionnet.utils import atomic_path, atomic_write_json, atomic_write_text
 
 

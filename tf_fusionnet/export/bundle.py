@@ -13,9 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tf_fusionnet import portable
-from tf_fusionnet.evaluation.budgeted import thresholds_for_budget
-from tf_fusionnet.evaluation.metrics import softmax
-from tf_fusionnet.evaluation.runs import load_checkpoint, load_run, load_run_data, run_logits
+from tf_fusionnet.exits import softmax, thresholds_for_budget
+from tf_fusionnet.runs.reading import load_checkpoint, load_run, load_run_data, run_logits
 from tf_fusionnet.export import cascade_runner
 from tf_fusionnet.export.destination import (
     check_export_arguments,

@@ -346,7 +346,7 @@ def verify_files(bundle: str, manifest: dict, names) -> None:
             raise BundleError(f"{path}: sha256 does not match the manifest (corrupt or modified bundle)")
 
 
-def thresholds_for_budget(manifest: dict, budget: float) -> dict:
+def entry_for_budget(manifest: dict, budget: float) -> dict:
     """The manifest's entry with the largest fitted budget not above ``budget``."""
     table = sorted(manifest["thresholds"], key=lambda e: e["budget_macs"])
     if not table:
@@ -523,7 +523,7 @@ class CascadeRunner:
                 raise BundleError(f"{len(values)} thresholds given for {self.num_exits} exits")
             self.thresholds = values
         elif budget is not None:
-            self.thresholds = decode_thresholds(thresholds_for_budget(self.manifest, budget)["thresholds"])
+            self.thresholds = decode_thresholds(entry_for_budget(self.manifest, budget)["thresholds"])
         else:  # no early exit: always the last exit
             self.thresholds = [float("inf")] * self.num_exits
 

@@ -46,12 +46,12 @@ def is_preset_dir(path: str) -> bool:
 
 def preset_metadata(model: keras.Model) -> dict[str, Any]:
     """The metadata.json of ``model`` (a network or a :class:`PixelClassifier`)."""
-    from tf_fusionnet import __version__
+    from tf_fusionnet.version import __version__
     from tf_fusionnet.macs import exit_macs, trainable_params
-    from tf_fusionnet.models.pixels import PixelClassifier
-
-    network = model.network if isinstance(model, PixelClassifier) else model
-    pixels = isinstance(model, PixelClassifier)
+    # A PixelClassifier (the network with its normalisation) wraps a network: told by that, not
+    # by its class, so that this module needs none of the classes it saves.
+    pixels = isinstance(getattr(model, "network", None), keras.Model)
+    network = model.network if pixels else model
     shape = [int(v) for v in network.input_shape[1:]]
     metadata = {
         "format": PRESET_FORMAT,
@@ -116,8 +116,7 @@ def load_preset(preset: str, load_weights: bool = True, **overrides: Any) -> ker
         load_weights: read ``model.weights.h5`` (folders only).
         **overrides: for a name, constructor arguments (``num_classes=100``); a folder takes none.
     """
-    import tf_fusionnet.models  # noqa: F401  (registers the classes for safe_mode)
-
+    # The classes are registered for safe_mode by tf_fusionnet.models, imported with this module.
     if os.path.isdir(preset):
         if overrides:
             raise PresetError(f"{preset}: a preset folder takes no overrides (got {', '.join(sorted(overrides))})")

@@ -137,3 +137,18 @@ class TrainConfig:
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
+
+
+def parse_exit_weights(text: str, num_exits: int | None = None) -> list[float]:
+    """Per-exit loss weights; with ``num_exits`` None only the format is checked."""
+    if not text:
+        return [1.0] * (num_exits or 0)
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--exit_weights must be comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise ValueError(f"--exit_weights must be finite, >= 0 and not all 0, got {text!r}")
+    if num_exits is not None and len(weights) != num_exits:
+        raise ValueError(f"--exit_weights has {len(weights)} values but the model has {num_exits} exits")
+    return weights

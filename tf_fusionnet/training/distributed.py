@@ -22,12 +22,44 @@ validation pass; the others wait for it at the next step's all-reduce.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+
+def check_own_port(tf_config: str) -> None:
+    """Refuses a ``TF_CONFIG`` that TensorFlow could not start from, in one line: unreadable, a
+    task missing from the cluster, or this task's port in use (TensorFlow says only
+    "UnknownError()" then, after 30 lines of C++ log).
+
+    TensorFlow's gRPC server listens on every interface at the port, whatever host TF_CONFIG
+    names, with SO_REUSEADDR; the probe binds the same way, so a port in TIME_WAIT passes and
+    one another process listens on does not."""
+    import socket
+
+    try:
+        spec = json.loads(tf_config)
+        task = spec["task"]
+        address = spec["cluster"][task["type"]][int(task["index"])]
+        port = int(str(address).rsplit(":", 1)[1])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError("TF_CONFIG must be JSON with cluster.{type}[index] = 'host:port' for this task's "
+                         "task.type and task.index") from None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("", port))
+    except OSError as error:
+        raise ValueError(f"TF_CONFIG: port {port} of {task['type']} {task['index']} ({address}) cannot be used on "
+                         f"this machine ({error.strerror or error}): another process listens there; pick a free "
+                         "port or stop that process") from None
+    finally:
+        probe.close()
+
 
 LOST_WORKER_HINT = "re-run the same command on every worker to resume from the last checkpoint"
 
@@ -105,7 +137,7 @@ def _fit(model, strategy, config, data: LoopData, *, run_dir, is_chief, callback
     import tensorflow as tf
 
     from tf_fusionnet.training.callbacks import check_finite_loss
-    from tf_fusionnet.training.trainer import parse_exit_weights
+    from tf_fusionnet.training.config import parse_exit_weights
 
     spec = strategy.cluster_resolver.cluster_spec().as_dict()
     num_workers = len(spec.get("worker", [])) + len(spec.get("chief", []))

@@ -1,39 +1,22 @@
-"""Training a multi-exit model: data, split, model, optimizer, callbacks, run directory.
+"""Training a multi-exit model: the strategy, data, model, optimizer and callbacks of a run.
 
-Run directory layout (``TrainConfig.run_dir()``):
-
-* ``config.json``: every setting, the preset's architecture, library versions, git commit;
-* ``split.json``: the held-out validation indices (reused by evaluation);
-* ``preprocessing.json``: normalisation mean/std, image shape, class names;
-* ``model.keras`` (last finished epoch), ``best.keras`` (best last-exit validation accuracy);
-* ``log.csv``: one row per finished epoch; ``tensorboard/``; ``backup/`` (resume state).
-
-Every file is written to a temporary name and renamed, so a run killed at any
-moment leaves only whole files, and the same command resumes it.
+The run folder it writes (layout, lock, resume checks) is :mod:`tf_fusionnet.runs.folder`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
-import numpy as np
-
-from tf_fusionnet.data.sources import DataError, ImageDataset, load_dataset
-from tf_fusionnet.data.split import SPLIT_FILE, default_val_size, load_split, make_split, save_split
-from tf_fusionnet.training.config import TrainConfig
+from tf_fusionnet.data.sources import DataError, load_dataset
+from tf_fusionnet.data.image_size import parse_image_size
+from tf_fusionnet.runs.folder import (RUN_MARKER, check_resume, check_same_architecture, claim_run_dir,
+                                     finished_epochs, has_finished_epoch, last_logged_epoch, prepare_split,
+                                     previous_run_config, record_owner)
+from tf_fusionnet.training.config import TrainConfig, parse_exit_weights
 from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision, resolve_threads
-from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, pid_alive
-
-# Settings added after runs were first written: a run without them was trained like this.
-_LEGACY_TRAIN_VALUES = {"weight_decay_style": "decoupled", "decay_norm_and_bias": False, "channels": 0,
-                        "distill_alpha": 0.0, "distill_temperature": 3.0, "distill_teacher": "last"}
-# Settings that may change between a run and its resumption without changing the run.
-# Precision and XLA are among them: weights and optimizer state are float32 whatever the compute.
-_RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inter_op_threads", "intra_op_threads",
-                   "precision", "jit_compile", "checkpoint_steps"}
+from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
 
 def setup_strategy(config: TrainConfig):
@@ -76,6 +59,8 @@ def setup_strategy(config: TrainConfig):
             import absl.logging
 
             absl.logging.set_verbosity(absl.logging.WARNING)
+        from tf_fusionnet.training.distributed import check_own_port
+
         check_own_port(os.environ["TF_CONFIG"])
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
@@ -85,193 +70,12 @@ def setup_strategy(config: TrainConfig):
     raise ValueError(f"--strategy must be default, mirrored or multiworker, got {config.strategy!r}")
 
 
-def check_own_port(tf_config: str) -> None:
-    """Refuses a ``TF_CONFIG`` that TensorFlow could not start from, in one line: unreadable, a
-    task missing from the cluster, or this task's port in use (TensorFlow says only
-    "UnknownError()" then, after 30 lines of C++ log).
-
-    TensorFlow's gRPC server listens on every interface at the port, whatever host TF_CONFIG
-    names, with SO_REUSEADDR; the probe binds the same way, so a port in TIME_WAIT passes and
-    one another process listens on does not."""
-    import socket
-
-    try:
-        spec = json.loads(tf_config)
-        task = spec["task"]
-        address = spec["cluster"][task["type"]][int(task["index"])]
-        port = int(str(address).rsplit(":", 1)[1])
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError("TF_CONFIG must be JSON with cluster.{type}[index] = 'host:port' for this task's "
-                         "task.type and task.index") from None
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("", port))
-    except OSError as error:
-        raise ValueError(f"TF_CONFIG: port {port} of {task['type']} {task['index']} ({address}) cannot be used on "
-                         f"this machine ({error.strerror or error}): another process listens there; pick a free "
-                         "port or stop that process") from None
-    finally:
-        probe.close()
-
-
-RUN_MARKER = ".tf_fusionnet_run"  # marks a folder as a run and holds the trainer's lock (its PID)
-
-
-def _is_run_dir(run_dir: str, entries: list[str]) -> bool:
-    if RUN_MARKER in entries:
-        return True
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            return isinstance(json.load(f).get("train"), dict)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def claim_run_dir(run_dir: str, record_pid: bool = False) -> int:
-    """Makes ``run_dir`` (or checks it is a run of ours) and locks it; returns the lock's fd.
-
-    A non-empty folder that is not a run is refused, so nothing of the user's is overwritten.
-    The lock is an ``flock`` on the marker file: the kernel drops it when the process dies,
-    so a lock left by a killed trainer is taken over, and a live one names its PID. The PID is
-    written (``record_pid`` or :func:`record_owner`) only once the run is known to go ahead, so
-    a trainer that is refused leaves the run's files as they were.
-    """
-    import fcntl
-
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"--output {run_dir}: exists and is not a folder")
-    if os.path.isdir(run_dir):
-        entries = [e for e in os.listdir(run_dir) if not e.startswith(".worker")]
-        if entries and not _is_run_dir(run_dir, entries):
-            raise ValueError(f"--output {run_dir}: a non-empty folder that is not a train.py run; "
-                             "refusing to write into it (give a new or empty folder)")
-    marker = os.path.join(run_dir, RUN_MARKER)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise ValueError(f"--output {run_dir}: cannot write there ({error.strerror or error})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.read(fd, 64).decode(errors="replace").strip()
-        os.close(fd)
-        if not (owner.isdigit() and pid_alive(int(owner))):
-            owner = "not yet recorded: it is starting"
-        raise ValueError(f"--output {run_dir}: another trainer (PID {owner}) is writing this run; "
-                         "wait for it to finish or use another --output") from None
-    if record_pid:
-        record_owner(fd)
-    return fd
-
-
-def record_owner(lock_fd: int) -> None:
-    """Writes this process's PID into a held run lock, for a second trainer's error message."""
-    os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-
-
 def _is_chief(strategy) -> tuple[bool, int]:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return True, 0
     task_type, task_id = resolver.task_type, resolver.task_id or 0
     return (task_type == "chief" or (task_type == "worker" and task_id == 0)), task_id
-
-
-MAX_IMAGE_SIDE = 2048  # the loader holds every image in memory; beyond this it is not the tool
-
-
-def parse_image_size(text: str) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--image_size must be H,W, got {text!r}") from None
-    if not (16 <= h <= MAX_IMAGE_SIDE and 16 <= w <= MAX_IMAGE_SIDE):
-        raise ValueError(f"--image_size must be between 16,16 and {MAX_IMAGE_SIDE},{MAX_IMAGE_SIDE}, got {text!r}")
-    return h, w
-
-
-def parse_exit_weights(text: str, num_exits: int | None = None) -> list[float]:
-    """Per-exit loss weights; with ``num_exits`` None only the format is checked."""
-    if not text:
-        return [1.0] * (num_exits or 0)
-    try:
-        weights = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--exit_weights must be comma-separated numbers, got {text!r}") from None
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
-        raise ValueError(f"--exit_weights must be finite, >= 0 and not all 0, got {text!r}")
-    if num_exits is not None and len(weights) != num_exits:
-        raise ValueError(f"--exit_weights has {len(weights)} values but the model has {num_exits} exits")
-    return weights
-
-
-# What a started run writes before its first epoch ends; removed when such a run is restarted.
-_SETUP_FILES = ("config.json", "split.json", "preprocessing.json", "log.csv")
-
-
-def _has_finished_epoch(run_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(run_dir, name)) for name in ("model.keras", "backup"))
-
-
-def _check_resume(run_dir: str, config: TrainConfig) -> None:
-    """Refuses to resume a run under other settings; a run that never finished an epoch restarts."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return
-    try:
-        with open(path) as f:
-            previous = {**_LEGACY_TRAIN_VALUES, **json.load(f).get("train", {})}
-    except (OSError, ValueError, AttributeError) as error:
-        raise ValueError(f"{path}: unreadable ({error}); use another --output") from None
-    current = config.to_dict()
-    changed = sorted(
-        k for k in current if k not in _RESUMABLE_KEYS and k in previous and previous[k] != current[k]
-    )
-    if not changed:
-        return
-    if not _has_finished_epoch(run_dir):
-        print(f"{run_dir}: no epoch of the earlier attempt had finished; starting it again with these settings",
-              flush=True)
-        for name in _SETUP_FILES:
-            if os.path.exists(os.path.join(run_dir, name)):
-                os.remove(os.path.join(run_dir, name))
-        return
-    diffs = ", ".join(f"{k}: {previous[k]!r} -> {current[k]!r}" for k in changed)
-    raise ValueError(f"{run_dir} holds a run with other settings ({diffs}); use another --output")
-
-
-def _previous_run_config(run_dir: str) -> dict | None:
-    """The config.json of a run that has finished an epoch (a resumption), else None."""
-    path = os.path.join(run_dir, "config.json")
-    if not (_has_finished_epoch(run_dir) and os.path.exists(path)):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _check_same_architecture(run_dir: str, model) -> None:
-    """Refuses to resume a run whose network the current code (or preset) builds differently."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        previous = json.load(f).get("model_config")
-    if previous is None:
-        return
-    previous = {**type(model)._LEGACY_DEFAULTS, **previous}
-    current = model.get_config()
-    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"{run_dir} holds a run of another network ({diffs}); this version of the preset builds a "
-            "different model, so it cannot be resumed: use another --output"
-        )
 
 
 def _initial_preset(preset_dir: str):
@@ -303,20 +107,6 @@ def _copy_initial_weights(initial, model, config: TrainConfig) -> None:
         raise ValueError(f"--init_from {config.init_from}: another architecture than --preset {config.preset} builds "
                          f"for this data ({diffs})")
     model.set_weights(initial.network.get_weights())
-
-
-def prepare_split(data: ImageDataset, run_dir: str, val_size: int, seed: int,
-                  write: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Reuses the run's split.json if present (resume), else draws one (a function of the seed)
-    and, with ``write``, saves it."""
-    path = os.path.join(run_dir, SPLIT_FILE)
-    if os.path.exists(path):
-        return load_split(path, data)
-    size = default_val_size(data) if val_size < 0 else val_size
-    train_idx, val_idx = make_split(len(data.train_labels), size, seed)
-    if write:
-        save_split(path, data, val_idx, seed)
-    return train_idx, val_idx
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -456,10 +246,10 @@ def _thread_text() -> str:
 def _train_locked(config: TrainConfig, strategy, run_dir: str, lock: int) -> dict[str, Any]:
     import keras
 
-    _check_resume(run_dir, config)
-    precision = resolve_precision(config.precision, _previous_run_config(run_dir))
+    check_resume(run_dir, config.to_dict())
+    precision = resolve_precision(config.precision, previous_run_config(run_dir))
     jit_compile = resolve_jit_compile(config.jit_compile)
-    if config.verbose and _has_finished_epoch(run_dir) and finished_epochs(run_dir):
+    if config.verbose and has_finished_epoch(run_dir) and finished_epochs(run_dir):
         print(f"resumed from epoch {finished_epochs(run_dir)} of {config.epochs}", flush=True)
     if config.verbose:
         print(f"precision {precision}, XLA {'on' if jit_compile else 'off'}, threads {_thread_text()}", flush=True)
@@ -517,7 +307,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
         num_exits = len(model.outputs)
         compile_for_training(model, config, len(x_train) // config.batch_size, jit_compile)
 
-    _check_same_architecture(run_dir, model)
+    check_same_architecture(run_dir, model)
     if initial is not None:
         _copy_initial_weights(initial, model, config)
     record_owner(lock)  # the run goes ahead: from here on its files change
@@ -574,7 +364,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
                                       monitor=last_val_key),
             ])
         if not logs:
-            logs = _last_logged_epoch(os.path.join(config.run_dir(), "log.csv"))
+            logs = last_logged_epoch(os.path.join(config.run_dir(), "log.csv"))
         return {"run_dir": config.run_dir(), "logs": logs, "exit_macs": macs, "num_exits": num_exits}
     train_ds = train_dataset(x_train, y_train, config.batch_size, config.seed)
     callbacks = [
@@ -597,34 +387,8 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
     )
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     if not logs:  # resumed a finished run: report its last logged epoch
-        logs = _last_logged_epoch(os.path.join(run_dir, "log.csv"))
+        logs = last_logged_epoch(os.path.join(run_dir, "log.csv"))
     return {"run_dir": run_dir, "logs": logs, "exit_macs": macs, "num_exits": num_exits}
-
-
-def _last_logged_epoch(path: str) -> dict[str, float]:
-    import csv
-
-    if not os.path.exists(path):
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v} if rows else {}
-
-
-def finished_epochs(run_dir: str) -> int:
-    """How many epochs a resumption of the run keeps: the backup's epoch marker (written last at
-    each epoch's end), else the log's last epoch (the multi-worker loop's runs); 0 for none."""
-    try:
-        with open(os.path.join(run_dir, "backup", "training_metadata.json")) as f:
-            return int(json.load(f)["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if not os.path.isdir(os.path.join(run_dir, "backup", "multiworker")):
-        return 0  # fit's runs resume from the backup only: epochs logged after it are trained again
-    try:
-        return int(_last_logged_epoch(os.path.join(run_dir, "log.csv")).get("epoch", 0))
-    except (OSError, ValueError):
-        return 0
 
 
 def format_exit_table(result: dict[str, Any]) -> str:
@@ -639,4 +403,4 @@ def format_exit_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["train", "precheck", "claim_run_dir", "compile_for_training", "format_exit_table", "make_optimizer", "prepare_split", "setup_strategy", "DataError"]
+__all__ = ["train", "precheck", "compile_for_training", "format_exit_table", "make_optimizer", "setup_strategy", "DataError"]

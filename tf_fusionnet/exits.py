@@ -1,4 +1,5 @@
-"""Budgeted batch classification: MSDNet's dynamic evaluation, exactly.
+"""The exit policy's math, shared by evaluation and export (numpy only): softmax confidences and
+budgeted batch classification, MSDNet's dynamic evaluation exactly.
 
 Thresholds are fitted on validation confidences only; test samples are only
 ever classified with thresholds fixed beforehand. Numpy only, so the
@@ -11,6 +12,14 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float | np.ndarray = 1.0) -> np.ndarray:
+    """Softmax over the last axis, in float64 for stable confidences."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def exit_proportions(q: float, num_exits: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Reading a train.py run directory and computing (and caching) its per-exit logits."""
+"""Reading a run folder (its config, data split and checkpoints) and computing, and caching, its per-exit
+logits, for evaluation and export alike. The layout is :mod:`tf_fusionnet.runs.folder`'s."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tf_fusionnet.data.image_size import parse_image_size
 from tf_fusionnet.data.sources import ImageDataset, load_dataset, source_fingerprint
 from tf_fusionnet.data.split import SPLIT_FILE, load_split
 from tf_fusionnet.portable import sha256_file
@@ -76,9 +78,7 @@ def load_run_data(run: Run, dataset: str | None = None) -> tuple[ImageDataset, n
     """The run's dataset (or ``dataset`` instead) and its stored train/validation split."""
     train_config = run.config["train"]
     spec = dataset or train_config["dataset"]
-    image_size = train_config.get("image_size") or ""
-    size = tuple(int(v) for v in image_size.split(",")) if image_size else None
-    data = load_dataset(spec, train_config.get("tfds_data_dir") or None, size,
+    data = load_dataset(spec, train_config.get("tfds_data_dir") or None, parse_image_size(train_config.get("image_size") or ""),
                         channels=int(train_config.get("channels", 0)))
     train_idx, val_idx = load_split(os.path.join(run.run_dir, SPLIT_FILE), data)
     if list(data.image_shape) != list(run.preprocessing["image_shape"]):
