@@ -216,7 +216,8 @@ def eval_run(tmp_path_factory):
 
 
 def test_evaluate_run_files_and_cache(eval_run, monkeypatch):
-    from tf_fusionnet.evaluation import report, runs
+    from tf_fusionnet.evaluation import report
+    from tf_fusionnet.runs import reading as runs
 
     summary = report.evaluate_run(eval_run, budget=1.0e6, calibrate=True, verbose=0)
     out = os.path.join(eval_run, "eval")
