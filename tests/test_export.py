@@ -56,7 +56,7 @@ def test_bundle_layout_manifest_and_report(bundle):
     assert len(manifest["thresholds"]) >= 3
     for name, digest in manifest["sha256"].items():
         assert os.path.exists(os.path.join(b, name)) and len(digest) == 64
-    assert os.path.exists(os.path.join(b, "cascade_runner.py")) and "portable.py" in manifest["sha256"]
+    assert os.path.exists(os.path.join(b, "cascade_runner.py")) and "tf_fusionnet_runtime/portable.py" in manifest["sha256"]
     report = json.load(open(os.path.join(b, "report.json")))
     f32 = report["precisions"]["float32"]
     assert f32["within_1e-4"] and max(f32["max_abs_logit_diff_vs_keras"]) <= 1e-4

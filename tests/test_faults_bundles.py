@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,10 +92,11 @@ def test_runner_refuses_links_that_leave_the_bundle(work, capsys, what):
         moved = os.path.join(os.path.dirname(planted), "manifest.json")
         shutil.move(os.path.join(work["bundle"], "manifest.json"), moved)
         os.symlink(moved, os.path.join(work["bundle"], "manifest.json"))
-        pattern = r"manifest.json: a link that leaves the bundle"
+        pattern = r"manifest.json: not a regular file of the bundle"  # the entry script's check, before any runtime
     before = snapshot(work["root"])
-    rc, _, err = _run_runner(work["bundle"], [CAT], capsys)
-    assert_one_line_error(rc, err, 1, pattern)
+    result = subprocess.run([sys.executable, os.path.join(work["bundle"], "cascade_runner.py"), CAT],
+                            capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result.returncode, result.stderr, 1, pattern)
     assert_unchanged(before, work["root"])
 
 
@@ -105,12 +108,32 @@ def test_runner_refuses_a_digest_list_naming_outside_files(work, capsys):
 
 # --------------------------------------------------------------------------- the runtime's own files and the pin
 
-def test_a_modified_portable_py_never_runs(work, capsys):
-    marker = os.path.join(work["root"], "portable_ran")
-    with open(os.path.join(work["bundle"], "portable.py"), "a") as f:
+@pytest.mark.parametrize("name", ["portable.py", "runner.py", "__init__.py", "extra.py"])
+def test_a_modified_runtime_file_never_runs(work, capsys, name):
+    marker = os.path.join(work["root"], "runtime_ran")
+    with open(os.path.join(work["bundle"], "tf_fusionnet_runtime", name), "a") as f:
         f.write(f"\nopen({marker!r}, 'w').write('ran')\n")
-    rc, _, err = _run_runner(work["bundle"], [CAT], capsys)
-    assert_one_line_error(rc, err, 1, r"portable.py: sha256 does not match the manifest")
+    result = subprocess.run([sys.executable, os.path.join(work["bundle"], "cascade_runner.py"), CAT],
+                            capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result.returncode, result.stderr, 1,
+                          rf"tf_fusionnet_runtime/{re_escape(name)}: sha256 does not match the manifest; none of "
+                          r"the bundle's runtime was run")
+    with pytest.raises(ImportError, match="sha256 does not match"):
+        runner_module(work["bundle"])
+    assert not os.path.exists(marker)
+
+
+def test_a_pinned_bundle_checks_its_pin_before_its_runtime_runs(work):
+    # A consistent forgery: the runtime changed and the manifest and its digest rewritten to match.
+    marker = os.path.join(work["root"], "runtime_ran")
+    pin = _sha256(os.path.join(work["bundle"], "manifest.json"))
+    path = os.path.join(work["bundle"], "tf_fusionnet_runtime", "cli.py")
+    with open(path, "a") as f:
+        f.write(f"\nopen({marker!r}, 'w').write('ran')\n")
+    _edit_manifest(work["bundle"], lambda m: m["sha256"].update({"tf_fusionnet_runtime/cli.py": _sha256(path)}))
+    result = subprocess.run([sys.executable, os.path.join(work["bundle"], "cascade_runner.py"), CAT,
+                             "--expect_manifest_sha256", pin], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result.returncode, result.stderr, 1, rf"is not the expected {pin}")
     assert not os.path.exists(marker)
 
 

@@ -17,7 +17,7 @@ FLOORS = [
     # The preset table is architecture arguments (no data), which the models' from_preset reads.
     ("bottom", ["tf_fusionnet.version", "tf_fusionnet.utils", "tf_fusionnet.portable", "tf_fusionnet.console",
                 "tf_fusionnet.exits", "tf_fusionnet.macs", "tf_fusionnet.models", "tf_fusionnet.presets",
-                "tf_fusionnet.export.cascade_runner"]),
+                "tf_fusionnet.runtime"]),
     ("data", ["tf_fusionnet.data"]),
     ("the run folder", ["tf_fusionnet.runs"]),
     ("tools", ["tf_fusionnet.training", "tf_fusionnet.evaluation", "tf_fusionnet.export", "tf_fusionnet.loading",
@@ -28,7 +28,7 @@ FLOORS = [
 INDEPENDENT = {"tf_fusionnet.export": ["tf_fusionnet.evaluation", "tf_fusionnet.training"],
                "tf_fusionnet.evaluation": ["tf_fusionnet.export", "tf_fusionnet.training"],
                "tf_fusionnet.training": ["tf_fusionnet.evaluation", "tf_fusionnet.export"]}
-RUNTIME = "tf_fusionnet.export.cascade_runner"
+RUNTIME = "tf_fusionnet.runtime"
 
 
 def _modules() -> dict[str, str]:
@@ -134,9 +134,15 @@ def test_the_tools_do_not_import_each_other(tool):
 
 
 def test_the_on_device_runtime_imports_neither_tensorflow_nor_the_rest_of_the_package():
-    imported = _graph()[RUNTIME]
-    assert not imported & {"tensorflow", "keras", "tf_keras"}
-    assert {t for t in imported if t.startswith("tf_fusionnet")} <= {"tf_fusionnet.portable"}
+    graph = _graph()
+    runtime = [m for m in graph if _owner(m, [RUNTIME])]
+    assert len(runtime) >= 8
+    for module in runtime:
+        assert not graph[module] & {"tensorflow", "keras", "tf_keras", "tensorflow_datasets"}, module
+        outside = {t for t in graph[module] if t.startswith("tf_fusionnet") and not _owner(t, [RUNTIME])}
+        assert not outside, f"{module} imports {outside}: a bundle carries the runtime package only"
+    # The entry script imports the installed runtime only when it runs outside a bundle.
+    assert {t for t in graph["tf_fusionnet.export.cascade_runner"] if t.startswith("tf_fusionnet")} == {RUNTIME}
 
 
 def test_the_graph_is_read_for_real():
@@ -144,3 +150,4 @@ def test_the_graph_is_read_for_real():
     assert "tf_fusionnet.runs.folder" in graph["tf_fusionnet.training.trainer"]
     assert "tf_fusionnet.exits" in graph["tf_fusionnet.export.bundle"]
     assert "tensorflow" in graph["tf_fusionnet.training.trainer"]
+    assert "tf_fusionnet.runtime.manifest" in graph["tf_fusionnet.runtime.runner"]  # relative imports too

@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 
-from tf_fusionnet.portable import captured_stderr_fd
+from tf_fusionnet.runtime.portable import captured_stderr_fd
 
 
 def setup_environment() -> None:

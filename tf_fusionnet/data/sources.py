@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from tf_fusionnet.data.safe_pickle import UnsafePickleError, safe_load_cifar_pickle
-from tf_fusionnet.portable import (
+from tf_fusionnet.runtime.portable import (
     CHANNEL_MODES,
     IMAGE_EXTENSIONS,
     ImageModeError,

@@ -12,10 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tf_fusionnet import portable
+from tf_fusionnet import runtime
 from tf_fusionnet.exits import softmax, thresholds_for_budget
 from tf_fusionnet.runs.reading import load_checkpoint, load_run, load_run_data, run_logits
-from tf_fusionnet.export import cascade_runner
 from tf_fusionnet.export.destination import (
     check_export_arguments,
     check_exits,
@@ -34,11 +33,14 @@ from tf_fusionnet.macs import exit_macs
 from tf_fusionnet.models.stage_cut import cut_stages
 
 
+# A bundle's entry script: it checks and loads the runtime package copied beside it.
+RUNNER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cascade_runner.py")
+
 def threshold_table(val_probs: np.ndarray, val_labels: np.ndarray, exit_macs: Sequence[float],
                     num_budgets: int = 12) -> list[dict]:
     """Thresholds fitted on held-out images for budgets from exit 1's cost to the last exit's.
 
-    Thresholds are strict JSON (see ``cascade_runner.encode_thresholds``).
+    Thresholds are strict JSON (see ``runtime.encode_thresholds``).
     """
     if len(val_labels) == 0:
         raise ValueError("no images to fit thresholds on")
@@ -50,7 +52,7 @@ def threshold_table(val_probs: np.ndarray, val_labels: np.ndarray, exit_macs: Se
         val = fitted["val"]
         table.append({
             "budget_macs": float(budget),
-            "thresholds": cascade_runner.encode_thresholds(fitted["thresholds"]),
+            "thresholds": runtime.encode_thresholds(fitted["thresholds"]),
             "val_avg_macs": val.avg_macs,
             "val_top1": val.top1,
             "val_exit_shares": [c / max(1, len(val_labels)) for c in val.exit_counts],
@@ -201,12 +203,16 @@ def export_bundle(
             table = threshold_table(softmax(fit_logits), data.train_labels[fit_idx], bundle_exit_macs)
         else:
             table = []
-        shutil.copy(cascade_runner.__file__, os.path.join(tmp_dir, "cascade_runner.py"))
-        shutil.copy(portable.__file__, os.path.join(tmp_dir, "portable.py"))
+        # The runtime: its entry script, and its package whole (docs/export.md, "The bundle").
+        shutil.copy(RUNNER_SCRIPT, os.path.join(tmp_dir, "cascade_runner.py"))
+        os.makedirs(os.path.join(tmp_dir, runtime.RUNTIME_FOLDER))
+        for module in runtime.RUNTIME_MODULES:
+            shutil.copy(os.path.join(os.path.dirname(runtime.__file__), module),
+                        os.path.join(tmp_dir, runtime.RUNTIME_FOLDER, module))
         all_files = [n for names in list(files.values()) + list(standalone_files.values()) for n in names]
-        all_files += ["cascade_runner.py", "portable.py"]
+        all_files += ["cascade_runner.py"] + [f"{runtime.RUNTIME_FOLDER}/{m}" for m in runtime.RUNTIME_MODULES]
         manifest = {
-            "format_version": cascade_runner.FORMAT_VERSION,
+            "format_version": runtime.FORMAT_VERSION,
             "preset": run.preset,
             "model_class": run.config.get("model_class"),
             "num_exits": num_exits,
@@ -244,11 +250,12 @@ def export_bundle(
                                   "0 means always, null means never",
             "source_run": os.path.abspath(run_dir),
             "checkpoint": checkpoint,
-            "sha256": {name: cascade_runner.sha256_file(os.path.join(tmp_dir, name)) for name in all_files},
+            "sha256": {name: runtime.sha256_file(os.path.join(tmp_dir, name)) for name in all_files},
         }
-        manifest_bytes = _write_json(os.path.join(tmp_dir, cascade_runner.MANIFEST), manifest)
-        with open(os.path.join(tmp_dir, cascade_runner.MANIFEST_DIGEST), "w") as f:
-            f.write(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {cascade_runner.MANIFEST}\n")
+        runtime.validate_manifest(manifest)  # the runner's schema, checked before anything is written
+        manifest_bytes = _write_json(os.path.join(tmp_dir, runtime.MANIFEST), manifest)
+        with open(os.path.join(tmp_dir, runtime.MANIFEST_DIGEST), "w") as f:
+            f.write(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {runtime.MANIFEST}\n")
 
         report = _check_bundle(tmp_dir, precisions, standalone, data, logits, bundle_exit_macs, report_images, verbose)
         report["export_seconds"] = round(time.time() - start_time, 1)
@@ -280,7 +287,7 @@ def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, repor
     keras_top1 = [float(np.mean(keras_logits[k].argmax(1) == labels)) for k in range(len(exit_macs))]
     report: dict[str, Any] = {"test_images": int(n), "keras_top1": keras_top1, "precisions": {}}
     for precision in precisions:
-        runner = cascade_runner.CascadeRunner(bundle, precision=precision, threads=2)
+        runner = runtime.CascadeRunner(bundle, precision=precision, threads=2)
         chained = runner.all_exit_logits(images)
         entry = {
             "top1": [float(np.mean(chained[k].argmax(1) == labels)) for k in range(len(exit_macs))],

@@ -16,7 +16,7 @@ from typing import Sequence
 from tf_fusionnet.utils import pid_alive
 
 BUNDLE_ENTRIES = {"manifest.json", "manifest.sha256", "report.json", "cascade_runner.py", "portable.py",
-                  "float32", "float16", "int8", "__pycache__"}
+                  "tf_fusionnet_runtime", "float32", "float16", "int8", "__pycache__"}
 _TEMP_PREFIXES = (".tmp-bundle-", ".old-bundle-")
 THRESHOLD_SOURCES = ("val", "train", "none")
 PRECISIONS = ("float32", "float16", "int8")
@@ -53,7 +53,8 @@ def foreign_files(path: str, manifest: dict) -> list[str]:
                 foreign.append(rel)
             elif rel in listed or (top and (name in own or (name.startswith("latency_") and name.endswith(".json")))):
                 continue
-            elif rel.split(os.sep)[0] == "__pycache__" and name.endswith(".pyc"):
+            elif os.path.dirname(rel) in ("__pycache__", os.path.join("tf_fusionnet_runtime", "__pycache__")) \
+                    and name.endswith(".pyc"):
                 continue
             else:
                 foreign.append(rel)

@@ -16,7 +16,7 @@ import numpy as np
 from tf_fusionnet.data.image_size import parse_image_size
 from tf_fusionnet.data.sources import ImageDataset, load_dataset, source_fingerprint
 from tf_fusionnet.data.split import SPLIT_FILE, load_split
-from tf_fusionnet.portable import sha256_file
+from tf_fusionnet.runtime.portable import sha256_file
 from tf_fusionnet.utils import atomic_path
 
 # Bumped whenever what the cache holds, or how it is computed, changes.

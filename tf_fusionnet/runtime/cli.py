@@ -1,0 +1,316 @@
+"""``python BUNDLE/cascade_runner.py IMAGES...``: the runner as a batch tool, and its image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from . import portable
+from .manifest import BundleError
+from .runner import CascadeRunner
+
+
+def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
+    """Decodes an image file into uint8 (H, W, C) under the training loader's mode rule.
+
+    Returns the array and whether the image had to be converted to the model's channels.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BundleError("reading image files needs Pillow: pip install pillow") from None
+    try:
+        portable.check_regular_file(path)
+        with Image.open(path) as img:
+            img.load()
+            array, converted = portable.image_to_array(img, int(shape[2]))
+    except portable.ImageModeError as error:
+        raise BundleError(f"{path}: {error}") from None
+    except Exception as error:
+        raise BundleError(f"{path}: not a readable image ({error})") from None
+    if array.shape != tuple(shape):
+        raise BundleError(f"{path}: image is {'x'.join(map(str, array.shape))} (HxWxC), the model takes "
+                          f"{'x'.join(map(str, shape))}")
+    return array, converted
+
+
+def iter_images(paths, on_error=None) -> Iterator[str]:
+    """Image files named or found (recursively, sorted) under folders; lazily, so a folder of a
+    million images is never listed in memory at once.
+
+    ``on_error(message)``: called for a named path that is missing or not a file, which is then
+    skipped; without it such a path raises BundleError."""
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                for n in sorted(names):
+                    full = os.path.join(root, n)
+                    if n.lower().endswith(portable.IMAGE_EXTENSIONS) and os.path.isfile(full):
+                        yield full
+            continue
+        if not os.path.exists(path):
+            problem = BundleError(f"{path}: no such file or folder")
+        elif not os.path.isfile(path):
+            problem = BundleError(f"{path}: not a regular file or folder")
+        else:
+            yield path
+            continue
+        if on_error is None:
+            raise problem
+        on_error(str(problem))
+
+
+class RunningSummary:
+    """Totals over a stream of results: constant memory whatever the number of images.
+
+    ``class_names``: the bundle's; an image in a folder named after one of them counts toward
+    a top-1 accuracy (the layout of a training folder)."""
+
+    def __init__(self, num_exits: int, class_names=None):
+        self.count = 0
+        self.total_ms = 0.0
+        self.total_macs = 0.0
+        self.exit_counts = [0] * num_exits
+        self.converted = 0
+        self.deadline_hits = 0
+        self.unreadable = 0
+        self.labelled = self.correct = 0
+        self._class_index = {name: i for i, name in enumerate(class_names or [])}
+        self.started = time.perf_counter()
+
+    def expected_class(self, path) -> int | None:
+        """The class an image's folder names, if it names one of the bundle's."""
+        if not isinstance(path, str):
+            return None
+        return self._class_index.get(os.path.basename(os.path.dirname(os.path.abspath(path))))
+
+    def add(self, result: dict) -> None:
+        self.count += 1
+        self.total_ms += result["ms"]
+        self.total_macs += result["macs"]
+        self.exit_counts[result["exit"] - 1] += 1
+        self.deadline_hits += bool(result.get("deadline_hit"))
+        expected = self.expected_class(result.get("file"))
+        if expected is not None:
+            self.labelled += 1
+            self.correct += result["class"] == expected
+
+    def as_dict(self) -> dict:
+        n = max(1, self.count)
+        summary = {"images": self.count, "mean_ms": self.total_ms / n, "mean_macs": self.total_macs / n,
+                   "images_per_s": self.count / max(1e-9, time.perf_counter() - self.started),
+                   "exit_counts": list(self.exit_counts), "deadline_hits": self.deadline_hits,
+                   "converted": self.converted, "unreadable": self.unreadable}
+        if self.labelled:
+            summary.update(labelled=self.labelled, top1=self.correct / self.labelled)
+        return summary
+
+    def line(self, channels: int) -> str:
+        s = self.as_dict()
+        text = (f"{self.count} images: mean {s['mean_ms']:.2f} ms, mean {s['mean_macs'] / 1e6:.2f}M MACs, "
+                f"{s['images_per_s']:.1f} images/s; "
+                "exits " + ", ".join(f"{k + 1}: {c}" for k, c in enumerate(self.exit_counts)))
+        if self.labelled:
+            text += f"; top-1 {100 * s['top1']:.1f}% on the {self.labelled} in class-named folders"
+        if self.deadline_hits:
+            text += f"; {self.deadline_hits} answered at the deadline"
+        if self.converted:
+            text += f"; {self.converted} converted to {channels} channel(s)"
+        if self.unreadable:
+            text += f"; {self.unreadable} unreadable (named above)"
+        return text
+
+
+def classify_batches(runner: "CascadeRunner", batches: Iterable[tuple[list, np.ndarray]],
+                     deadline_ms: float | None = None, summary: RunningSummary | None = None,
+                     batch_size: int = 1) -> Iterator[dict]:
+    """Streams one result per image for ``(names, uint8 images)`` batches; keeps nothing behind.
+
+    With ``batch_size`` > 1 (and no deadline) the cascade runs in server mode
+    (:meth:`CascadeRunner.classify_stream`): results come as images are answered, not in input
+    order, and only the names of images still in the cascade are kept.
+    """
+    class_names = runner.manifest.get("class_names") or []
+
+    def finish(name, r):
+        if name is not None:
+            r = {"file": name, **r}
+        if class_names and r["class"] < len(class_names):
+            r["label"] = class_names[r["class"]]
+        if summary is not None:
+            summary.add(r)
+        return r
+
+    if batch_size > 1 and deadline_ms is None:
+        pending: dict[int, object] = {}
+        seen = 0
+
+        def images():
+            nonlocal seen
+            for names, batch in batches:
+                pending.update(zip(range(seen, seen + len(names)), names))
+                seen += len(names)
+                yield batch
+
+        for i, r in runner.classify_stream(images(), batch_size):
+            yield finish(pending.pop(i), r)
+        return
+    for names, images in batches:
+        for name, r in zip(names, runner.classify(images, deadline_ms)):
+            yield finish(name, r)
+
+
+def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: int = 1,
+                   deadline_ms: float | None = None, summary: RunningSummary | None = None,
+                   on_error=None) -> Iterator[dict]:
+    """Streams ``{"file", "class", ...}`` results, reading ``batch_size`` images at a time.
+
+    ``on_error(message)``: called for an image that cannot be read, which is then skipped (and
+    counted in ``summary.unreadable``); without it the first such image raises BundleError."""
+
+    def batches():
+        chunk: list[str] = []
+        for path in files:
+            chunk.append(path)
+            if len(chunk) >= batch_size:
+                yield from _read_all(chunk)
+                chunk = []
+        if chunk:
+            yield from _read_all(chunk)
+
+    def _read_all(paths):
+        names, images = [], []
+        for path in paths:
+            try:
+                array, converted = read_image(path, runner.input_shape)
+            except BundleError as error:
+                if on_error is None:
+                    raise
+                on_error(str(error))
+                if summary is not None:
+                    summary.unreadable += 1
+                continue
+            names.append(path)
+            images.append(array)
+            if summary is not None:
+                summary.converted += converted
+        if images:
+            yield names, np.stack(images)
+
+    return classify_batches(runner, batches(), deadline_ms, summary, batch_size)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BundleError(message)
+
+
+def _positive(name: str, value, allow_zero: bool = False):
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise BundleError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value}")
+
+
+def main(argv=None, default_bundle: str | None = None) -> int:
+    """The command line; ``default_bundle``: the folder ``--bundle`` defaults to (the bundle whose
+    ``cascade_runner.py`` runs; the runtime package's parent folder otherwise)."""
+    parser = _Parser(description="Early-exit classification with a tf_fusionnet TFLite bundle. Without "
+                     "--budget, --thresholds or --latency_budget_ms every image is answered by the last exit "
+                     "(no early exit). An image that cannot be read is reported on its own stderr line and "
+                     "skipped; the exit status is then 1.")
+    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively; images in "
+                        "folders named after the bundle's classes also give a top-1 accuracy)")
+    parser.add_argument("--bundle", default=default_bundle or os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        help="bundle folder (default: the folder of the cascade_runner.py that runs)")
+    parser.add_argument("--precision", default="float32",
+                        help="float32 (default), float16 or int8, as the bundle has them")
+    parser.add_argument("--budget", type=float, help="average MACs per image (thresholds from the manifest)")
+    parser.add_argument("--thresholds", help="explicit comma-separated per-exit thresholds")
+    parser.add_argument("--latency_budget_ms", type=float, help="average milliseconds per image on this device")
+    parser.add_argument("--deadline_ms", type=float, help="answer with the best exit reached when time is up")
+    parser.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads (default 1)")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="images per stage call; > 1 is server mode: results in the order answered")
+    parser.add_argument("--expect_manifest_sha256", metavar="HEX",
+                        help="refuse the bundle unless its manifest.json has this sha256 (pin the bundle an "
+                             "app ships; see docs/reliability.md)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per image on stdout, then {\"summary\": {...}}")
+    failures = []
+
+    def report(message: str) -> None:
+        failures.append(message)
+        print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
+    try:
+        args = parser.parse_args(argv)
+        _positive("--budget", args.budget)
+        _positive("--latency_budget_ms", args.latency_budget_ms)
+        _positive("--deadline_ms", args.deadline_ms, allow_zero=True)
+        if args.threads < 1 or args.batch_size < 1:
+            raise BundleError("--threads and --batch_size must be integers >= 1")
+        thresholds = None
+        if args.thresholds:
+            try:
+                thresholds = [float(t) for t in args.thresholds.split(",")]
+            except ValueError:
+                raise BundleError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
+        runner = CascadeRunner(args.bundle, args.precision, args.threads, args.budget, thresholds,
+                               expect_manifest_sha256=args.expect_manifest_sha256)
+        runner.timing_cache = os.path.join(args.bundle, f"latency_{args.precision}_{args.threads}t.json")
+        if args.latency_budget_ms is not None:
+            chosen = runner.use_latency_budget(args.latency_budget_ms)
+            if not args.json:
+                source = f"thresholds of the {chosen['budget_macs'] / 1e6:.1f}M-MAC entry"
+                if chosen["upper_budget_macs"] is not None:
+                    source += (f" for {100 * (1 - chosen['upper_share']):.0f}% of images, of the "
+                               f"{chosen['upper_budget_macs'] / 1e6:.1f}M-MAC entry for the others")
+                print(f"latency budget {args.latency_budget_ms} ms: expected {chosen['expected_ms']:.2f} ms ({source}; "
+                      "then adjusted to the measured times)")
+        summary = RunningSummary(runner.num_exits, runner.manifest.get("class_names"))
+        files = iter_images(args.images, on_error=report)
+        for r in classify_files(runner, files, args.batch_size, args.deadline_ms, summary, on_error=report):
+            if args.json:
+                print(json.dumps(r))
+            else:
+                print(f"{r['file']}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
+                      f"{r['macs'] / 1e6:.2f}M MACs, {r['ms']:.2f} ms")
+        if summary.count == 0:
+            if failures:
+                return 1
+            raise BundleError("no images found (" + "/".join(e.lstrip(".") for e in portable.IMAGE_EXTENSIONS) + ")")
+        if args.json:
+            print(json.dumps({"summary": summary.as_dict()}))
+        else:
+            print(summary.line(runner.channels))
+    except BundleError as error:
+        report(str(error))
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 1 if failures else 0
+
+
+def console_main() -> None:
+    """Console entry point ``tf-fusionnet-cascade --bundle BUNDLE IMAGES...`` of the installed
+    package (``python BUNDLE/cascade_runner.py IMAGES...`` defaults to its own folder instead)."""
+    args = sys.argv[1:]
+    if not any(a == "--bundle" or a.startswith("--bundle=") for a in args) and not {"-h", "--help"} & set(args):
+        print("error: tf-fusionnet-cascade needs --bundle BUNDLE (or run python BUNDLE/cascade_runner.py IMAGES...)",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
