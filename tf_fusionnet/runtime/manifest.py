@@ -10,6 +10,8 @@ import math
 import os
 import stat
 
+from .portable import sha256_file
+
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"  # "HEX  manifest.json": `sha256sum -c manifest.sha256` checks it
@@ -38,15 +40,6 @@ def reads_pixels(manifest: dict) -> bool:
 
 class BundleError(Exception):
     """A bundle, an image or an argument the runner cannot use; the message is for the user."""
-
-
-def sha256_file(path: str) -> str:
-    """The sha256 (hex) of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def encode_thresholds(thresholds) -> list:
