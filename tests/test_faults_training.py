@@ -81,8 +81,9 @@ def _env():
 def test_ctrl_c_says_where_training_stopped_and_the_same_command_resumes(tmp_path):
     out = str(tmp_path / "run")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--output", out, *TINY, "--epochs", "3", "--verbose", "2"]
+    # A suite started in the background (``pytest &``) ignores SIGINT, and so would the child.
     trainer = subprocess.Popen(cmd, cwd=str(tmp_path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marker = os.path.join(out, "backup", "training_metadata.json")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and trainer.poll() is None and not os.path.exists(marker):
