@@ -7,6 +7,7 @@ Outputs are the logits of every exit, cheapest first.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import keras
@@ -22,6 +23,19 @@ def _check_kwargs(cls_name: str, kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - _MODEL_KWARGS)
     if unknown:
         raise TypeError(f"{cls_name} got unexpected argument(s) {', '.join(unknown)}")
+
+
+def _plain(value: Any) -> Any:
+    """Lists, not tuples, so ``get_config()`` is JSON-stable."""
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def architecture_arguments(init, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The architecture arguments of the constructor ``init``, given its ``locals()``: the ones its
+    signature names (but ``name`` and ``**kwargs``), so each is stated once, there, with its
+    default and type, and ``get_config`` and the builder read them from it."""
+    parameters = inspect.signature(init).parameters
+    return {key: _plain(arguments[key]) for key in parameters if key not in ("self", "name", "kwargs")}
 
 
 class MultiExitModel(keras.Model):
@@ -102,38 +116,17 @@ class _MultiExitNetwork(MultiExitModel):
     # them was written by a version that behaved like this.
     _LEGACY_DEFAULTS: dict[str, Any] = {"initializer": "keras"}
 
-    def _build(self, config: dict[str, Any], name: str | None, **kwargs):
+    def _build(self, config: dict[str, Any], fixed: dict[str, Any], name: str, **kwargs):
+        """Builds the graph from the constructor's ``config`` and the arguments this class fixes
+        (``fixed``: MSDNet is FusionNet's builder with the fusion parts off)."""
         _check_kwargs(type(self).__name__, kwargs)
         image_shape = validate_image_shape(config["image_shape"])
         inputs = keras.Input(shape=image_shape, name="image")
-        outputs, block_states = build_multi_exit_outputs(
-            inputs,
-            num_classes=config["num_classes"],
-            num_blocks=config["num_blocks"],
-            step_mode=config["step_mode"],
-            step=config["step"],
-            base=config["base"],
-            n_channels=config["n_channels"],
-            growth_rate=config["growth_rate"],
-            gr_factor=tuple(config["gr_factor"]),
-            bn_factor=tuple(config["bn_factor"]),
-            reduction=config["reduction"],
-            bottleneck=config["bottleneck"],
-            fusion=config["fusion"],
-            efficient_stem=config["efficient_stem"],
-            stem_channels=config["stem_channels"],
-            stem_stride=config["stem_stride"],
-            head_type=config["head_type"],
-            head_channels=config["head_channels"],
-            transition=config["transition"],
-            initializer=config["initializer"],
-        )
+        builder_arguments = {key: tuple(value) if isinstance(value, list) else value
+                             for key, value in {**config, **fixed}.items() if key != "image_shape"}
+        outputs, block_states = build_multi_exit_outputs(inputs, **builder_arguments)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        # Plain Python values (lists, not tuples) so get_config() is JSON-stable.
-        self._arch_config = {
-            k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in config.items()
-        }
-        self._arch_config["image_shape"] = list(image_shape)
+        self._arch_config = {**config, "image_shape": list(image_shape)}
         # Names of the layers whose outputs are each block's multi-scale state;
         # derived from the graph, so not part of the config. A scale that no
         # exit depends on (possible in tiny configs) is not part of the model.
@@ -160,6 +153,17 @@ class _MultiExitNetwork(MultiExitModel):
         if exit_index >= len(self.outputs) - 1:
             return []
         return self.block_state_tensors(exit_index)
+
+
+# MSDNet is the multi-scale dense builder with FusionNet's three changes off.
+MSDNET_FIXED: dict[str, Any] = {
+    "fusion": False,
+    "efficient_stem": False,
+    "stem_channels": 0,
+    "stem_stride": 1,
+    "head_type": "msdnet",
+    "transition": "msdnet",
+}
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")
@@ -217,36 +221,7 @@ class MSDNet(_MultiExitNetwork):
         name: str | None = None,
         **kwargs,
     ):
-        config = dict(
-            num_classes=num_classes,
-            image_shape=image_shape,
-            num_blocks=num_blocks,
-            step_mode=step_mode,
-            step=step,
-            base=base,
-            n_channels=n_channels,
-            growth_rate=growth_rate,
-            gr_factor=gr_factor,
-            bn_factor=bn_factor,
-            reduction=reduction,
-            bottleneck=bottleneck,
-            head_channels=head_channels,
-            initializer=initializer,
-        )
-        self._build(
-            {
-                **config,
-                "fusion": False,
-                "efficient_stem": False,
-                "stem_channels": 0,
-                "stem_stride": 1,
-                "head_type": "msdnet",
-                "transition": "msdnet",
-            },
-            name=name or "msdnet",
-            **kwargs,
-        )
-        self._arch_config = {k: self._arch_config[k] for k in config}
+        self._build(architecture_arguments(MSDNet.__init__, locals()), MSDNET_FIXED, name=name or "msdnet", **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")
@@ -310,29 +285,4 @@ class FusionNet(_MultiExitNetwork):
     ):
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}.")
-        self._build(
-            dict(
-                num_classes=num_classes,
-                image_shape=image_shape,
-                num_blocks=num_blocks,
-                step_mode=step_mode,
-                step=step,
-                base=base,
-                n_channels=n_channels,
-                growth_rate=growth_rate,
-                gr_factor=gr_factor,
-                bn_factor=bn_factor,
-                reduction=reduction,
-                bottleneck=bottleneck,
-                head_channels=head_channels,
-                fusion=fusion,
-                efficient_stem=efficient_stem,
-                stem_channels=stem_channels,
-                stem_stride=stem_stride,
-                head_type=head_type,
-                transition=transition,
-                initializer=initializer,
-            ),
-            name=name or "fusionnet",
-            **kwargs,
-        )
+        self._build(architecture_arguments(FusionNet.__init__, locals()), {}, name=name or "fusionnet", **kwargs)

@@ -33,7 +33,7 @@ from tf_fusionnet.models.blocks import (
     validate_image_shape,
 )
 from tf_fusionnet.models.layers import AlignedBilinearResize
-from tf_fusionnet.models.multi_exit import MultiExitModel, _check_kwargs
+from tf_fusionnet.models.multi_exit import MultiExitModel, _check_kwargs, architecture_arguments
 
 RANET_INITIALIZERS = ("ranet",) + INITIALIZERS
 STEP_MODES = ("even", "lg")
@@ -245,16 +245,11 @@ class RANet(MultiExitModel):
         **kwargs,
     ):
         _check_kwargs("RANet", kwargs)
+        config = architecture_arguments(RANet.__init__, locals())
         image_shape = validate_image_shape(image_shape)
-        config = dict(
-            num_classes=num_classes, image_shape=list(image_shape), n_channels=n_channels,
-            growth_rate=growth_rate, gr_factor=list(gr_factor), bn_factor=list(bn_factor),
-            scale_list=list(scale_list), num_blocks=num_blocks, block_step=block_step, step=step,
-            step_mode=step_mode, compress_factor=compress_factor, reduction=reduction,
-            head_channels=head_channels, initializer=initializer,
-        )
+        config["image_shape"] = list(image_shape)
         inputs = keras.Input(shape=image_shape, name="image")
-        outputs = build_ranet_outputs(inputs, **{k: v for k, v in config.items() if k != "image_shape"})
+        outputs = build_ranet_outputs(inputs, **{key: value for key, value in config.items() if key != "image_shape"})
         super().__init__(inputs=inputs, outputs=outputs, name=name or "ranet", **kwargs)
         self._arch_config = config
 
