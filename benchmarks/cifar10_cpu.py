@@ -35,7 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags
 
-from common import cascade_sweep, interpolate, paired_errors, percent as _pct, run_command as _run  # noqa: E402
+from common import cascade_sweep, paired_errors, percent as _pct, run_command as _run  # noqa: E402
+from tf_fusionnet.evaluation.curves import interpolate  # noqa: E402
 
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Dataset.")
 flags.DEFINE_list("presets", ["fusionnet-cifar", "msdnet-cifar-anytime"], "Presets to compare.")

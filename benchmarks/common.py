@@ -19,15 +19,6 @@ def run_command(cmd: list[str]) -> float:
     return round(time.time() - start, 1)
 
 
-def interpolate(xs, ys, x):
-    """Accuracy of a curve at cost x (None outside its range: never extrapolated)."""
-    points = sorted(zip(xs, ys))
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    if not xs or x < xs[0] or x > xs[-1]:
-        return None
-    return float(np.interp(x, xs, ys))
-
-
 def cascade_sweep(bundle: str, precision: str, images: np.ndarray, labels: np.ndarray) -> list[dict]:
     """The bundle's cascade runner over ``images`` at every budget of its manifest (1 thread, batch 1)."""
     from tqdm import tqdm

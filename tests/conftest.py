@@ -79,6 +79,13 @@ def work(tmp_path, trained):
     return {"root": str(tmp_path), "run": run, "bundle": bundle, "user": str(user)}
 
 
+def benchmarks_on_path() -> None:
+    """Puts benchmarks/ on ``sys.path``, as running a script there does, for tests of its parts."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 def load_benchmark_script(name: str):
     """Imports benchmarks/NAME.py as a module, for tests of its report code.
 

@@ -6,12 +6,15 @@ import json
 import numpy as np
 
 import pytest
-from conftest import load_benchmark_script
+from conftest import benchmarks_on_path
 
-
-@pytest.fixture(scope="module")
-def bench():
-    return load_benchmark_script("cifar10_cpu30")
+benchmarks_on_path()
+import common  # noqa: E402
+import cpu30.carry as carrying  # noqa: E402
+import cpu30.jobs as plan  # noqa: E402
+import cpu30.report as report  # noqa: E402
+import cpu30.results as kept_results  # noqa: E402
+from tf_fusionnet.evaluation import curves  # noqa: E402
 
 
 def _job(name, phase, preset, exits, epochs=30, seed=0, budgeted=(), test_images=10000):
@@ -21,14 +24,14 @@ def _job(name, phase, preset, exits, epochs=30, seed=0, budgeted=(), test_images
             "budgeted": [{"avg_macs": m * 1e6, "top1": a} for m, a in budgeted]}
 
 
-def test_verdict_reads_against_noise(bench):
-    assert bench.verdict(0.02, 0.01) == "supported"
-    assert bench.verdict(-0.02, 0.01) == "not supported"
-    assert bench.verdict(0.005, 0.01) == "within noise"
-    assert bench.verdict(None, 0.01) == "not measured"
+def test_verdict_reads_against_noise():
+    assert curves.threshold_verdict(0.02, 0.01) == "supported"
+    assert curves.threshold_verdict(-0.02, 0.01) == "not supported"
+    assert curves.threshold_verdict(0.005, 0.01) == "within noise"
+    assert curves.threshold_verdict(None, 0.01) == "not measured"
 
 
-def test_report_tables_noise_and_claims(bench, tmp_path):
+def test_report_tables_noise_and_claims(tmp_path):
     fusion = [(17, 0.80), (25, 0.82), (34, 0.84), (63, 0.86)]
     msdnet = [(15, 0.78), (25, 0.80), (37, 0.82), (76, 0.83)]
     jobs = {
@@ -55,7 +58,7 @@ def test_report_tables_noise_and_claims(bench, tmp_path):
                "paired": {"fusionnet-cifar": [{"exit": 1, "top1_difference": 0.02, "standard_error": 0.003},
                                               {"exit": 2, "top1_difference": 0.02, "standard_error": 0.004}]}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    text = bench.write_report(str(tmp_path))
+    text = report.write_report(str(tmp_path))
     assert (tmp_path / "results.md").read_text() == text
     assert "Chosen: peak lr 0.05, mix prob 0.0" in text
     assert "![ablation, anytime](ablation_anytime.png)" in text
@@ -77,23 +80,23 @@ def test_report_tables_noise_and_claims(bench, tmp_path):
     assert "gain read on MSDNet" not in claims  # no msdnet-cifar-fusion run either
 
 
-def test_contribution_gains_and_the_same_order_claim(bench):
+def test_contribution_gains_and_the_same_order_claim():
     full = _job("f", "ablation", "fusionnet-cifar", [(20, 0.80), (60, 0.84)], epochs=10)
     without = _job("n", "ablation", "fusionnet-cifar-nofusion", [(10, 0.70), (20, 0.79), (40, 0.80), (70, 0.9)])
-    gain, n = bench.contribution_gain(without, full)  # 20M: 0.80 - 0.79; 40M: 0.82 - 0.80
+    gain, n = curves.contribution_gain(without, full)  # 20M: 0.80 - 0.79; 40M: 0.82 - 0.80
     assert n == 2 and gain == pytest.approx(0.015)
     added = _job("m", "ablation", "msdnet-cifar-fusion", [(20, 0.81), (60, 0.86)])
-    assert bench.contribution_gain(added, full, removes=False)[0] == pytest.approx(0.015)
-    assert bench.contribution_gain(_job("x", "ablation", "p", [(70, 0.9)]), full) is None
+    assert curves.contribution_gain(added, full, removes=False)[0] == pytest.approx(0.015)
+    assert curves.contribution_gain(_job("x", "ablation", "p", [(70, 0.9)]), full) is None
     names = ("fusion", "stem")
-    assert bench.same_order_verdict(0.010, 0.025, 0.005, names) == "supported (ratio 2.5)"
-    assert bench.same_order_verdict(0.004, 0.025, 0.005, names).startswith("within noise (fusion:")
-    assert bench.same_order_verdict(0.010, 0.040, 0.005, names) == "not supported (one gain is 4.0x the other)"
-    assert bench.same_order_verdict(-0.010, 0.040, 0.005, names).startswith("not supported (fusion costs")
-    assert bench.same_order_verdict(None, 0.040, 0.005, names) == "not measured"
+    assert curves.same_order_verdict(0.010, 0.025, 0.005, names) == "supported (ratio 2.5)"
+    assert curves.same_order_verdict(0.004, 0.025, 0.005, names).startswith("within noise (fusion:")
+    assert curves.same_order_verdict(0.010, 0.040, 0.005, names) == "not supported (one gain is 4.0x the other)"
+    assert curves.same_order_verdict(-0.010, 0.040, 0.005, names).startswith("not supported (fusion costs")
+    assert curves.same_order_verdict(None, 0.040, 0.005, names) == "not measured"
 
 
-def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
+def test_ranet_finishing_last_does_not_become_the_baseline(tmp_path):
     """RANet trains last, so it is the last main run in summary.json; the claims and the ablation
     are still read against MSDNet, and the ablation's same-order claim is decided."""
     jobs = {
@@ -113,14 +116,14 @@ def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
         "ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (95, 0.85)]),
     }
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
-    claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
+    claims = report.write_report(str(tmp_path)).split("## The paper's claims")[1]
     assert claims.index("Against MSDNet (`msdnet-cifar-anytime`)") < claims.index("Against RANet (`ranet-cifar`)")
     assert "Against FusionNet" not in claims and "`fusionnet-cifar` against" not in claims
     # RANet first in summary.json: FusionNet is still the model whose claims are read.
     first = {"ranet-cifar": jobs["ranet-cifar"], **{k: v for k, v in jobs.items() if k != "ranet-cifar"}}
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": first, "candidate_preset": "fusionnet-cifar",
                                                        "baseline_preset": "msdnet-cifar-anytime"}))
-    assert "Against RANet (`ranet-cifar`)" in bench.write_report(str(tmp_path))
+    assert "Against RANet (`ranet-cifar`)" in report.write_report(str(tmp_path))
     # Full FusionNet at 20M: 0.7039, at 60M: 0.7561; fusion gain 1.50, stem gain 2.50 points.
     assert "Gain of the fusion layer (`fusionnet-cifar-nofusion` against `fusionnet-cifar-10ep`): +1.50" in claims
     assert "Gain of the efficient stem (with the width it pays for) (`fusionnet-cifar-msdnetstem` against" in claims
@@ -130,7 +133,7 @@ def test_ranet_finishing_last_does_not_become_the_baseline(bench, tmp_path):
             "not supported (one gain is 3.2x the other).") in claims
 
 
-def test_claims_are_read_against_ranet_too(bench, tmp_path):
+def test_claims_are_read_against_ranet_too(tmp_path):
     """With RANet among the main models, each claim is also read against it, with the paper's own
     cost share for RANet (32% cheaper last exit, not MSDNet's 15%)."""
     fusion = [(17, 0.80), (63, 0.86)]
@@ -141,7 +144,7 @@ def test_claims_are_read_against_ranet_too(bench, tmp_path):
                                      [(15, 0.78), (76, 0.83)]),
     }
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
-    text = bench.write_report(str(tmp_path))
+    text = report.write_report(str(tmp_path))
     assert text.startswith("# CIFAR-10, 30 epochs: FusionNet against RANet and MSDNet (issue 17)\n")
     claims = text.split("## The paper's claims")[1]
     assert "Against RANet (`ranet-cifar`)" in claims and "Against MSDNet (`msdnet-cifar-anytime`)" in claims
@@ -150,39 +153,39 @@ def test_claims_are_read_against_ranet_too(bench, tmp_path):
     assert "33.7% cheaper than RANet's (63.00M against 95.00M) at +1.00 points" in last[1]
     slim = dict(jobs, **{"ranet-cifar": _job("ranet-cifar", "main", "ranet-cifar", [(16, 0.79), (80, 0.85)])})
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": slim, "baseline_preset": "msdnet-cifar-anytime"}))
-    assert "not supported (not 32% cheaper)" in bench.write_report(str(tmp_path))
+    assert "not supported (not 32% cheaper)" in report.write_report(str(tmp_path))
 
 
-def test_pilot_score_uses_validation_columns_only(bench):
+def test_pilot_score_uses_validation_columns_only():
     rows = [{"epoch": "1", "val_exit_2_accuracy": "0.5", "val_exit_1_accuracy": "0.4", "exit_1_accuracy": "0.9",
              "val_exit_10_accuracy": "0.6"}]
-    score = bench.pilot_score(rows)
+    score = plan.pilot_score(rows)
     assert score["val_top1_per_exit"] == [0.4, 0.5, 0.6]
     assert score["val_top1_last_exit"] == 0.6
     assert score["val_top1_mean_over_exits"] == pytest.approx(0.5)
 
 
-def test_warmup_follows_the_papers_share(bench):
-    assert bench.Job("a", "main", "p", 30, 0, 0.1, 0.0).warmup_epochs == 2
-    assert bench.Job("a", "main", "p", 10, 0, 0.1, 0.0).warmup_epochs == 1
-    assert bench.Job("a", "main", "p", 300, 0, 0.1, 0.0).warmup_epochs == 20
+def test_warmup_follows_the_papers_share():
+    assert plan.Job("a", "main", "p", 30, 0, 0.1, 0.0).warmup_epochs == 2
+    assert plan.Job("a", "main", "p", 10, 0, 0.1, 0.0).warmup_epochs == 1
+    assert plan.Job("a", "main", "p", 300, 0, 0.1, 0.0).warmup_epochs == 20
 
 
-def test_run_order_pair_first_its_second_seed_next_and_ranet_last(bench):
+def test_run_order_pair_first_its_second_seed_next_and_ranet_last():
     settings = dict(main=["fusionnet-cifar", "ranet-cifar", "msdnet-cifar-anytime"], epochs=30, ablation_epochs=10,
                     seed_epochs=30, ablations=("fusionnet-cifar-nofusion", "msdnet-cifar-fusion"))
-    jobs = bench.later_jobs(settings, 0.05, 0.0)
+    jobs = plan.later_jobs(settings, 0.05, 0.0)
     assert [j.name for j in jobs] == [
         "fusionnet-cifar", "msdnet-cifar-anytime", "fusionnet-cifar-30ep-seed1", "msdnet-cifar-anytime-30ep-seed1",
         "fusionnet-cifar-10ep", "msdnet-cifar-anytime-10ep", "fusionnet-cifar-nofusion-10ep",
         "msdnet-cifar-fusion-10ep", "ranet-cifar"]
-    assert [(phase, len(group)) for phase, group in bench.run_groups(jobs)] == [
+    assert [(phase, len(group)) for phase, group in plan.run_groups(jobs)] == [
         ("main", 2), ("seed", 2), ("ablation", 4), ("main", 1)]
     assert [j.seed for j in jobs[2:4]] == [1, 1]
     assert jobs[-1].phase == "main" and jobs[-1].epochs == 30 and jobs[-1].warmup_epochs == 2
 
 
-def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(bench, tmp_path):
+def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(tmp_path):
     settings = dict(main=["fusionnet-cifar", "msdnet-cifar-anytime"], epochs=5, ablation_epochs=1, seed_epochs=1,
                     ablations=(), pilot_preset="msdnet-cifar-anytime", pilot_epochs=1,
                     pilot_lrs=["0.05", "0.1"], pilot_mix=["0", "0.5"])
@@ -191,16 +194,16 @@ def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(bench, tmp
         (work / name).mkdir(parents=True)
         (work / name / "log.csv").write_text(
             "epoch,epoch_seconds\n" + "".join(f"{i + 1},{t}\n" for i, t in enumerate(seconds)))
-    pilots = {j.name: {} for j in bench.pilot_jobs(settings)}
-    text = bench.status(settings, str(work), {"jobs": pilots})
+    pilots = {j.name: {} for j in plan.pilot_jobs(settings)}
+    text = plan.status(settings, str(work), {"jobs": pilots})
     assert "later runs are listed once the pilot has chosen" in text
     summary = {"jobs": {**pilots, "fusionnet-cifar": {}}, "recipe": {"lr": 0.05, "mix_prob": 0.0}}
-    lines = bench.status(settings, str(work), summary).splitlines()
+    lines = plan.status(settings, str(work), summary).splitlines()
     assert lines[4].split() == ["main", "fusionnet-cifar", "finished,", "results", "in", "--out"]
     assert lines[5].split() == ["main", "msdnet-cifar-anytime", "1", "of", "5", "epochs"]
     assert lines[6].split()[-2:] == ["not", "started"]
     (work / "fusionnet-cifar-1ep-seed1").mkdir()  # a run that train.py has begun
-    assert bench.status(settings, str(work), summary).splitlines()[6].endswith("started, no epoch finished yet")
+    assert plan.status(settings, str(work), summary).splitlines()[6].endswith("started, no epoch finished yet")
     # 4 pilot + 5 + 1 epochs done; 4 + 1 + 1 + 1 + 1 left at the median of the last 5 epochs, 300 s
     # (the median of all six, slowed by the first ones, is 600 s).
     assert lines[-1].startswith("all: 10 of 18 epochs done, about 0.7 h left at 300 s per epoch")
@@ -218,11 +221,11 @@ def _fake_run(run, epochs, weights=b"w"):
     (run / "model.keras").write_bytes(b"last")
 
 
-def test_carry_copies_one_epoch_and_resumes_a_lost_or_shorter_run(bench, tmp_path):
+def test_carry_copies_one_epoch_and_resumes_a_lost_or_shorter_run(tmp_path):
     run, carried = tmp_path / "work" / "msdnet", tmp_path / "carry" / "msdnet"
     _fake_run(run, 3, weights=b"epoch3")
-    assert bench.save_carry(str(run), str(carried), epochs=30) == 3
-    assert bench.epochs_carried(str(carried)) == 3
+    assert carrying.save_carry(str(run), str(carried), epochs=30) == 3
+    assert carrying.epochs_carried(str(carried)) == 3
     assert (carried / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
     # Neither model is carried before the last epoch (the backup holds the weights; best is only its record).
     assert not (carried / "model.keras").exists() and not (carried / "best.keras").exists()
@@ -230,45 +233,45 @@ def test_carry_copies_one_epoch_and_resumes_a_lost_or_shorter_run(bench, tmp_pat
 
     # A fresh machine: the run folder is gone, and comes back from the carried state.
     lost = tmp_path / "fresh" / "msdnet"
-    assert bench.restore_carry(str(carried), str(lost)) == 3
+    assert carrying.restore_carry(str(carried), str(lost)) == 3
     assert (lost / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
-    assert len(bench._log_rows(str(lost))) == 3
+    assert len(carrying.log_rows(str(lost))) == 3
     # A run that is further along than the carried state is left alone.
     _fake_run(run, 5, weights=b"epoch5")
-    assert bench.restore_carry(str(carried), str(run)) == 0
+    assert carrying.restore_carry(str(carried), str(run)) == 0
     assert (run / "backup" / "latest.weights.h5").read_bytes() == b"epoch5"
     # A shorter run is brought forward; its own models are of an older epoch and go.
     short = tmp_path / "short" / "msdnet"
     _fake_run(short, 1, weights=b"epoch1")
-    assert bench.restore_carry(str(carried), str(short)) == 3
+    assert carrying.restore_carry(str(carried), str(short)) == 3
     assert (short / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
     assert not (short / "model.keras").exists() and not (short / "best.keras").exists()
 
 
-def test_carry_takes_model_keras_once_the_last_epoch_is_done(bench, tmp_path):
+def test_carry_takes_model_keras_once_the_last_epoch_is_done(tmp_path):
     run, carried = tmp_path / "run", tmp_path / "carried"
     _fake_run(run, 30)
-    bench.save_carry(str(run), str(carried), epochs=30)
+    carrying.save_carry(str(run), str(carried), epochs=30)
     assert (carried / "model.keras").read_bytes() == b"last"
 
 
-def test_carry_never_mixes_two_epochs(bench, tmp_path):
+def test_carry_never_mixes_two_epochs(tmp_path):
     """Mid epoch end (the log has epoch 4, the backup still 3) nothing is copied: the copy waits."""
     run = tmp_path / "run"
     _fake_run(run, 3)
     (run / "log.csv").write_text("epoch,epoch_seconds\n" + "".join(f"{i + 1},300\n" for i in range(4)))
     with pytest.raises(RuntimeError, match="did not agree"):
-        bench.save_carry(str(run), str(tmp_path / "carried"), epochs=30, timeout_s=0.0, poll_s=0.0)
+        carrying.save_carry(str(run), str(tmp_path / "carried"), epochs=30, timeout_s=0.0, poll_s=0.0)
     assert not (tmp_path / "carried").exists()
 
 
-def test_status_counts_carried_epochs(bench, tmp_path):
+def test_status_counts_carried_epochs(tmp_path):
     settings = dict(main=["fusionnet-cifar", "msdnet-cifar-anytime"], epochs=5, ablation_epochs=1, seed_epochs=1,
                     ablations=(), pilot_preset="msdnet-cifar-anytime", pilot_epochs=1,
                     pilot_lrs=["0.05"], pilot_mix=["0"])
     _fake_run(tmp_path / "carry" / "msdnet-cifar-anytime", 3)
     summary = {"jobs": {"pilot-lr0.05-mix0": {}, "fusionnet-cifar": {}}, "recipe": {"lr": 0.05, "mix_prob": 0.0}}
-    text = bench.status(settings, str(tmp_path / "work"), summary, str(tmp_path / "carry"))
+    text = plan.status(settings, str(tmp_path / "work"), summary, str(tmp_path / "carry"))
     assert "msdnet-cifar-anytime                     not started (3 carried in --carry, resumed from there)" in text
     # Done: the pilot (1), FusionNet (5) and MSDNet's 3 carried; left: 2 of MSDNet and 4 one-epoch runs.
     assert text.splitlines()[-1] == "all: 9 of 15 epochs done, about 0.5 h left at 300 s per epoch (the last epochs'; " \
@@ -282,7 +285,7 @@ def _predictions(correct_per_exit):
             "confidence": np.full(correct.shape, 0.5, np.float16), "labels": np.zeros(correct.shape[1], np.uint8)}
 
 
-def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(bench, tmp_path):
+def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(tmp_path):
     """Paired errors come from out/NAME/test_predictions.npz; a run without them is left unpaired,
     and the report says why instead of showing a made-up error."""
     from common import load_predictions, save_predictions
@@ -290,26 +293,26 @@ def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(be
     a = _predictions([[1, 1, 0, 1], [1, 1, 1, 1]])
     base = _predictions([[1, 0, 0, 0], [1, 1, 1, 0]])
     for name, preds in (("fusionnet-cifar-30ep-seed1", a), ("msdnet-cifar-anytime-30ep-seed1", base)):
-        save_predictions(str(tmp_path / name / bench.PREDICTIONS), preds)
-    kept = load_predictions(str(tmp_path / "fusionnet-cifar-30ep-seed1" / bench.PREDICTIONS))
+        save_predictions(str(tmp_path / name / kept_results.PREDICTIONS), preds)
+    kept = load_predictions(str(tmp_path / "fusionnet-cifar-30ep-seed1" / kept_results.PREDICTIONS))
     assert kept["predicted"].dtype == np.uint8 and np.array_equal(kept["predicted"], a["predicted"])
-    jobs = [bench.Job(n, "seed", p, 30, 1, 0.05, 0.0) for n, p in (
+    jobs = [plan.Job(n, "seed", p, 30, 1, 0.05, 0.0) for n, p in (
         ("fusionnet-cifar-30ep-seed1", "fusionnet-cifar"), ("msdnet-cifar-anytime-30ep-seed1", "msdnet-cifar-anytime"))]
     paired = {}
-    assert bench.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired) == ["fusionnet-cifar-30ep-seed1"]
+    assert kept_results.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired) == ["fusionnet-cifar-30ep-seed1"]
     assert list(paired) == ["fusionnet-cifar-30ep-seed1"]
     # A restart pairs nothing new, so the driver has nothing to commit.
-    assert bench.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired) == []
+    assert kept_results.pair_phase(jobs, str(tmp_path), "msdnet-cifar-anytime", paired) == []
     first = paired["fusionnet-cifar-30ep-seed1"][0]
     assert first["top1_difference"] == pytest.approx(0.5)  # 3 of 4 against 1 of 4
     assert first["standard_error"] == pytest.approx(np.std([0, 1, 0, 1], ddof=1) / 2)
     # The main pair's FusionNet kept nothing: nothing is paired, and the report names it.
-    main = [bench.Job(p, "main", p, 30, 0, 0.05, 0.0) for p in ("fusionnet-cifar", "msdnet-cifar-anytime")]
-    save_predictions(str(tmp_path / "msdnet-cifar-anytime" / bench.PREDICTIONS), base)
-    assert bench.pair_phase(main, str(tmp_path), "msdnet-cifar-anytime", paired) == []
+    main = [plan.Job(p, "main", p, 30, 0, 0.05, 0.0) for p in ("fusionnet-cifar", "msdnet-cifar-anytime")]
+    save_predictions(str(tmp_path / "msdnet-cifar-anytime" / kept_results.PREDICTIONS), base)
+    assert kept_results.pair_phase(main, str(tmp_path), "msdnet-cifar-anytime", paired) == []
     assert "fusionnet-cifar" not in paired
     with pytest.raises(ValueError, match="different images"):
-        bench.paired_errors_of(a, {**base, "labels": np.ones(4, np.uint8)})
+        common.paired_errors_of(a, {**base, "labels": np.ones(4, np.uint8)})
 
     exits = [(17, 0.80), (63, 0.86)]
     summary = {"jobs": {"fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", exits),
@@ -326,11 +329,11 @@ def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(be
                "cascade_measured_on": {"fusionnet-cifar-30ep-seed1 int8": {
                    "cpu_model": "AMD EPYC", "simd_flags": ["avx2", "avx512_vnni"], "at": "2026-12-02 09:54 UTC"}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    text = bench.write_report(str(tmp_path))
+    text = report.write_report(str(tmp_path))
     # Each cascade row says where and when it was timed; a sweep from before the record says "-".
     assert "| 80.00 | AMD EPYC (VNNI), 2026-12-02 09:54 UTC |" in text
     assert "| msdnet-cifar-anytime int8 | 2.00 | - | - | - | - | 80.00 | - |" in text
-    assert bench.CASCADE_TIMING_NOTE in text
+    assert report.CASCADE_TIMING_NOTE in text
     assert "Paired SE \"-\": `fusionnet-cifar` kept no per-image test predictions" in text
     assert "| fusionnet-cifar-30ep-seed1 | 30 |" in text and "| 25.00-28.87 |" in text
     assert "Paired standard error of a same-exit test top-1 difference: 25.00 to 28.87 points" in text
@@ -339,7 +342,7 @@ def test_runs_pair_from_their_kept_predictions_after_the_run_folders_are_gone(be
         assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in text
 
 
-def test_git_keeps_every_carried_file(bench):
+def test_git_keeps_every_carried_file():
     """The checkout ignores *.keras; a carried model.keras must still be committed, or a finished
     but unevaluated run would come back without the model its evaluation reads."""
     import os
@@ -348,19 +351,19 @@ def test_git_keeps_every_carried_file(bench):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=root, capture_output=True).returncode:
         pytest.skip("not a git checkout: nothing is committed from here")
-    names = [os.path.join("benchmarks", "carry", "cifar10_cpu30", "run", n) for n in (*bench.CARRIED, "model.keras")]
+    names = [os.path.join("benchmarks", "carry", "cifar10_cpu30", "run", n) for n in (*carrying.CARRIED, "model.keras")]
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
     assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout
 
 
-def test_without_paired_errors_the_noise_is_the_unpaired_bound_and_without_any_measure_no_verdict(bench, tmp_path):
+def test_without_paired_errors_the_noise_is_the_unpaired_bound_and_without_any_measure_no_verdict(tmp_path):
     """The main pair finished, but FusionNet kept no per-image predictions and no second seed has
     run: the claims are read against the (larger) unpaired error, never against zero noise."""
     jobs = {"fusionnet-cifar": _job("fusionnet-cifar", "main", "fusionnet-cifar", [(17, 0.80), (63, 0.90)]),
             "msdnet-cifar-anytime": _job("msdnet-cifar-anytime", "main", "msdnet-cifar-anytime",
                                          [(15, 0.78), (76, 0.83)])}
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
-    text = bench.write_report(str(tmp_path))
+    text = report.write_report(str(tmp_path))
     # sqrt(0.8 * 0.2 / 1e4 + 0.78 * 0.22 / 1e4) = 0.5758%, sqrt(0.9 * 0.1 / 1e4 + 0.83 * 0.17 / 1e4) = 0.4807%
     assert "the unpaired bound" in text and "0.48 to 0.58 points" in text
     assert "real only beyond 1.15 points" in text
@@ -368,21 +371,21 @@ def test_without_paired_errors_the_noise_is_the_unpaired_bound_and_without_any_m
     for entry in jobs.values():
         del entry["test_images"]
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
-    text = bench.write_report(str(tmp_path))
+    text = report.write_report(str(tmp_path))
     assert "No verdict yet: no measure of the noise" in text and "supported" not in text
 
 
-def test_carry_at_is_the_next_such_time(bench):
+def test_carry_at_is_the_next_such_time():
     import datetime
 
     now = datetime.datetime(2026, 12, 2, 8, 0).timestamp()
-    assert bench.seconds_until("08:22", now) == 22 * 60
-    assert bench.seconds_until("07:59", now) == 24 * 3600 - 60  # passed today: tomorrow's
+    assert carrying.seconds_until("08:22", now) == 22 * 60
+    assert carrying.seconds_until("07:59", now) == 24 * 3600 - 60  # passed today: tomorrow's
     with pytest.raises(SystemExit, match="HH:MM"):
-        bench.seconds_until("8h22", now)
+        carrying.seconds_until("8h22", now)
 
 
-def test_claims_are_also_read_on_the_mean_of_the_two_seeds(bench, tmp_path):
+def test_claims_are_also_read_on_the_mean_of_the_two_seeds(tmp_path):
     """With a second seed of both models, the claims are read once more on the per-model seed means
     (per exit, and at each budget after interpolating each run's budgeted curve)."""
     jobs = {
@@ -395,14 +398,14 @@ def test_claims_are_also_read_on_the_mean_of_the_two_seeds(bench, tmp_path):
         "msdnet-cifar-anytime-30ep-seed1": _job("msdnet-cifar-anytime-30ep-seed1", "seed", "msdnet-cifar-anytime",
                                                 [(15, 0.79), (76, 0.87)], seed=1, budgeted=[(20, 0.81), (40, 0.85)]),
     }
-    mean = bench.seed_mean([jobs["fusionnet-cifar"], jobs["fusionnet-cifar-30ep-seed1"]])
+    mean = curves.seed_mean([jobs["fusionnet-cifar"], jobs["fusionnet-cifar-30ep-seed1"]])
     assert [e["top1"] for e in mean["anytime"]] == pytest.approx([0.805, 0.87]) and mean["seeds"] == [0, 1]
     # Seed 1's budgeted curve (17M: 0.81, 30M: 0.85, 63M: 0.88) at 20M: 0.8192; seed 0's: 0.81.
     assert mean["budgeted"][0] == {"avg_macs": 20e6, "top1": pytest.approx((0.81 + 0.81 + 0.04 * 3 / 13) / 2)}
     paired = {"fusionnet-cifar-30ep-seed1": [{"exit": 1, "top1_difference": 0.02, "standard_error": 0.002}]}
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime",
                                                        "paired": paired}))
-    claims = bench.write_report(str(tmp_path)).split("## The paper's claims")[1]
+    claims = report.write_report(str(tmp_path)).split("## The paper's claims")[1]
     # Noise: the seed spread of FusionNet's last exit (2.00 points) beats two paired SEs (0.40).
     # Seed 0's last exit: 86 against 87, within noise; the mean: 87 against 87.
     last = [line for line in claims.splitlines() if line.startswith("- Last exit")]
@@ -410,21 +413,21 @@ def test_claims_are_also_read_on_the_mean_of_the_two_seeds(bench, tmp_path):
     assert claims.index("Mean of seeds 0, 1 of each model") < claims.index(last[1])
     del jobs["msdnet-cifar-anytime-30ep-seed1"]
     (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
-    assert "Mean of seeds" not in bench.write_report(str(tmp_path))
+    assert "Mean of seeds" not in report.write_report(str(tmp_path))
 
 
-def test_each_run_records_the_machine_it_finished_on(bench, tmp_path):
+def test_each_run_records_the_machine_it_finished_on(tmp_path):
     """summary.json's top-level machine is rewritten by every invocation, so a run's seconds keep
     their own CPU record."""
-    job = bench.Job("pilot-x", "pilot", "msdnet-cifar-anytime", 1, 0, 0.05, 0.0)
+    job = plan.Job("pilot-x", "pilot", "msdnet-cifar-anytime", 1, 0, 0.05, 0.0)
     (tmp_path / "work" / job.name).mkdir(parents=True)
     (tmp_path / "work" / job.name / "log.csv").write_text("epoch,epoch_seconds,val_exit_1_accuracy\n1,12.5,0.4\n")
-    entry = bench.collect(job, str(tmp_path / "work"), str(tmp_path / "out"))
+    entry = kept_results.collect(job, str(tmp_path / "work"), str(tmp_path / "out"))
     assert entry["train_seconds"] == 12.5 and entry["finished_on"]["cpu_count"] >= 1
     assert entry["finished_on"]["cpu_model"] and "simd_flags" in entry["finished_on"]
 
 
-def test_commit_skips_an_empty_untracked_folder_and_commits_deletions(bench, tmp_path):
+def test_commit_skips_an_empty_untracked_folder_and_commits_deletions(tmp_path):
     """The driver commits results and carry together; once the carry's last run finished, its
     folder is empty and untracked, and git refused the whole commit over it (results were lost)."""
     repo = tmp_path / "repo"
@@ -444,14 +447,14 @@ def test_commit_skips_an_empty_untracked_folder_and_commits_deletions(bench, tmp
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        bench._commit([str(results), str(carry), str(old_carry)], "results", repo=str(repo))
+        carrying.commit_paths([str(results), str(carry), str(old_carry)], "results", repo=str(repo))
     tree = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD"], cwd=repo, capture_output=True, text=True)
     assert tree.stdout.split() == ["results/summary.json"]
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
     assert status.stdout == ""
 
 
-def test_model_cascade_records_where_and_when_each_sweep_ran(bench, tmp_path, monkeypatch):
+def test_model_cascade_records_where_and_when_each_sweep_ran(tmp_path, monkeypatch):
     """The sweeps of different models run in different sessions, so each keeps its own machine;
     a bundle swept before is not swept again."""
     import types
@@ -465,15 +468,14 @@ def test_model_cascade_records_where_and_when_each_sweep_ran(bench, tmp_path, mo
     (work / "bundle-m" / "manifest.json").write_text("{}")  # exported already: no export runs
     test = types.SimpleNamespace(test_images=np.zeros((5, 2, 2, 3), np.uint8), test_labels=np.arange(5))
     monkeypatch.setattr(sources, "load_dataset", lambda data: test)
-    monkeypatch.setattr(bench, "FLAGS", types.SimpleNamespace(cascade_images=3))
     swept = []
-    monkeypatch.setattr(bench, "cascade_sweep",
+    monkeypatch.setattr(kept_results, "cascade_sweep",
                         lambda bundle, precision, images, labels: swept.append((precision, len(images))) or [{}])
-    job = bench.Job("m", "main", "fusionnet-cifar", 30, 0, 0.05, 0.0)
+    job = plan.Job("m", "main", "fusionnet-cifar", 30, 0, 0.05, 0.0)
     summary = {"cascade": {"m float32": [{"mean_ms": 1.0}]}}
-    assert bench.model_cascade(job, {"data": "unused"}, str(work), summary)
+    assert kept_results.model_cascade(job, {"data": "unused", "cascade_images": 3}, str(work), summary)
     assert swept == [("int8", 3)]
     measured = summary["cascade_measured_on"]
     assert list(measured) == ["m int8"]
     assert {"cpu_model", "simd_flags", "at"} <= set(measured["m int8"]) and measured["m int8"]["at"].endswith("UTC")
-    assert not bench.model_cascade(job, {"data": "unused"}, str(work), summary)  # both done now
+    assert not kept_results.model_cascade(job, {"data": "unused", "cascade_images": 3}, str(work), summary)  # both done now
