@@ -34,7 +34,7 @@ def pixel_input_model(stage: keras.Model, mean: np.ndarray, std: np.ndarray) -> 
     subtraction and a division: in int8 the converter then quantises the pixels with step 1 over
     0..255 and the normalised image in one rounding (largest error half a step, 0.008). With
     Keras's ``Normalization`` it gave the pixels a step of 1.49 to cover the subtraction's range
-    too, three roundings in all and errors up to 0.027 (/work/pix/qvariants.py, random images).
+    too, three roundings in all and errors up to 0.027 (a one-off comparison on random images).
     """
     if len(stage.inputs) != 1:
         raise ValueError("a model reading pixels reads the image only")
