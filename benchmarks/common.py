@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,6 +18,17 @@ def run_command(cmd: list[str]) -> float:
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return round(time.time() - start, 1)
+
+
+def bundle_of_one_epoch(work: str, preset: str, precision: str = "float32") -> str:
+    """WORK/bundle: ``preset`` trained 1 epoch on the embedded sample and exported, unless there
+    already (latency benchmarks need real graphs, not accuracy)."""
+    run, bundle = os.path.join(work, "run"), os.path.join(work, "bundle")
+    if not os.path.exists(os.path.join(bundle, "manifest.json")):
+        run_command([sys.executable, "train.py", "--preset", preset, "--epochs", "1", "--batch_size", "64",
+                     "--output", run, "--verbose", "0"])
+        run_command([sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle, "--precision", precision])
+    return bundle
 
 
 def cascade_sweep(bundle: str, precision: str, images: np.ndarray, labels: np.ndarray) -> list[dict]:

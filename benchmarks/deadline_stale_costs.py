@@ -30,6 +30,8 @@ import tempfile  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from common import bundle_of_one_epoch  # noqa: E402
+
 flags.DEFINE_string("bundle", None, "Bundle to run (default: train and export a small one in --work).")
 flags.DEFINE_string("work", "runs/deadline_stale_costs", "Where the run and bundle go (not committed).")
 flags.DEFINE_string("old_commit", "7a1e4cf", "The runner before the fix.")
@@ -42,14 +44,7 @@ FLAGS = flags.FLAGS
 
 
 def small_bundle() -> str:
-    run, bundle = os.path.join(FLAGS.work, "run"), os.path.join(FLAGS.work, "bundle")
-    if not os.path.exists(os.path.join(bundle, "manifest.json")):
-        for cmd in ([sys.executable, "train.py", "--preset", "fusionnet-cifar", "--epochs", "1", "--batch_size", "64",
-                     "--output", run, "--verbose", "0"],
-                    [sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle, "--precision", "float32"]):
-            print("$ " + " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT)
-    return bundle
+    return bundle_of_one_epoch(FLAGS.work, "fusionnet-cifar")
 
 
 def old_runner_module(folder: str):

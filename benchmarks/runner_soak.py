@@ -19,13 +19,13 @@ from tf_fusionnet.console import setup_environment  # noqa: E402
 
 setup_environment()
 
-import json  # noqa: E402
 import resource  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from common import bundle_of_one_epoch  # noqa: E402
 
 flags.DEFINE_string("bundle", None, "Bundle to stream through (default: train and export a tiny one in --work).")
 flags.DEFINE_string("work", "runs/runner_soak", "Where the tiny run and bundle go (not committed).")
@@ -49,14 +49,7 @@ def current_rss_mb() -> float:
 
 
 def tiny_bundle() -> str:
-    run, bundle = os.path.join(FLAGS.work, "run"), os.path.join(FLAGS.work, "bundle")
-    if not os.path.exists(os.path.join(bundle, "manifest.json")):
-        for cmd in ([sys.executable, "train.py", "--preset", "fusionnet-tiny", "--epochs", "1", "--batch_size", "64",
-                     "--output", run, "--verbose", "0"],
-                    [sys.executable, "export/to_tflite.py", "--run", run, "--out", bundle, "--precision", "float32"]):
-            print("$ " + " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT)
-    return bundle
+    return bundle_of_one_epoch(FLAGS.work, "fusionnet-tiny")
 
 
 def main(argv):
