@@ -479,3 +479,73 @@ def test_model_cascade_records_where_and_when_each_sweep_ran(tmp_path, monkeypat
     assert list(measured) == ["m int8"]
     assert {"cpu_model", "simd_flags", "at"} <= set(measured["m int8"]) and measured["m int8"]["at"].endswith("UTC")
     assert not kept_results.model_cascade(job, {"data": "unused", "cascade_images": 3}, str(work), summary)  # both done now
+
+
+def _kept_run(out, name, phase, preset, seed, exit_macs, accuracy, difficulty, rng, files=True):
+    """A finished run as the driver commits it: per-image predictions (each image right when its
+    difficulty, shared by every run, plus a little run noise is below the exit's accuracy), the
+    thresholds of two budgeted points, and its summary entry."""
+    n = difficulty.size
+    labels = np.arange(n) % 10
+    correct = (difficulty[None] + 0.02 * rng.normal(size=(len(exit_macs), n))) < np.asarray(accuracy)[:, None]
+    predicted = np.where(correct, labels, (labels + 1) % 10).astype(np.uint8)
+    confidence = rng.uniform(0.3, 1.0, size=correct.shape).astype(np.float16)
+    thresholds = [[0.9] * (len(exit_macs) - 1) + [-np.inf], [0.6] * (len(exit_macs) - 1) + [-np.inf]]
+    entry = _job(name, phase, preset, [(m, float(c.mean())) for m, c in zip(exit_macs, correct)], seed=seed)
+    from tf_fusionnet.evaluation.compare import budget_curve_scores
+
+    costs, at_point = budget_curve_scores(confidence, predicted, labels, thresholds, [m * 1e6 for m in exit_macs])
+    entry["budgeted"] = [{"avg_macs": float(c), "top1": float(a)} for c, a in zip(costs, at_point.mean(axis=1))]
+    if files:
+        (out / name).mkdir()
+        common.save_predictions(str(out / name / "test_predictions.npz"),
+                                {"predicted": predicted, "confidence": confidence, "labels": labels.astype(np.uint8)})
+        (out / name / "budgeted.json").write_text(json.dumps({"points": [{"thresholds": t} for t in thresholds]}))
+    return entry
+
+
+def test_verdicts_come_from_the_committed_per_image_files_with_their_intervals(tmp_path):
+    import cpu30.verdicts as verdicts
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.random(3000)
+    fusion_macs, msdnet_macs = (17, 35, 63), (15, 37, 76)
+    jobs = {}
+    for seed in (0, 1, 2):
+        suffix = "" if seed == 0 else f"-30ep-seed{seed}"
+        phase = {0: "main", 1: "seed", 2: "seed2"}[seed]
+        # FusionNet 8 points ahead at every exit; seed 0 of FusionNet kept no per-image files.
+        jobs[f"fusionnet-cifar{suffix}"] = _kept_run(tmp_path, f"fusionnet-cifar{suffix}", phase, "fusionnet-cifar",
+                                                     seed, fusion_macs, (0.78, 0.84, 0.88), difficulty, rng,
+                                                     files=seed != 0)
+        jobs[f"msdnet-cifar-anytime{suffix}"] = _kept_run(tmp_path, f"msdnet-cifar-anytime{suffix}", phase,
+                                                          "msdnet-cifar-anytime", seed, msdnet_macs,
+                                                          (0.70, 0.76, 0.80), difficulty, rng)
+        for preset, macs, accuracy in (("fusionnet-cifar", fusion_macs, (0.78, 0.84, 0.88)),
+                                       ("msdnet-cifar-anytime", msdnet_macs, (0.70, 0.76, 0.80))):
+            name = f"{preset}-distill-30ep-seed{seed}"  # distillation changes nothing here
+            jobs[name] = _kept_run(tmp_path, name, "distill", preset, seed, macs, accuracy, difficulty, rng)
+    summary = {"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = report.write_report(str(tmp_path))
+    result = json.loads((tmp_path / "verdicts.json").read_text())
+    plain = result["models"]["FusionNet - MSDNet"]
+    assert plain["seeds"] == [0, 1, 2]
+    exit_1 = plain["points"]["exit 1 (17.0M)"]
+    # MSDNet interpolated at 17M; seed 0's pair read from the summary's accuracies.
+    want = [jobs[f"fusionnet-cifar{s}"]["anytime"][0]["top1"]
+            - curves.interpolate(*curves.exit_curve(jobs[f"msdnet-cifar-anytime{s}"]), 17e6)
+            for s in ("", "-30ep-seed1", "-30ep-seed2")]
+    assert exit_1["estimate"]["per_pair"] == pytest.approx(want, abs=1e-9)
+    assert exit_1["estimate"]["df"] == 2 and exit_1["verdict"] == "supported"
+    ahead = next(v for k, v in plain["claims"].items() if k.startswith("0.5-1 point ahead"))
+    assert ahead["verdict"] == "supported" and ahead["margin"] == 0.005
+    # Nothing changes with distillation: MSDNet's gain is undecided, its interval covers 0.
+    gain = result["distillation"]["msdnet-cifar-anytime"]["mean over the exits"]
+    assert gain["verdict"] == "undecided" and gain["estimate"]["low"] < 0 < gain["estimate"]["high"]
+    # FusionNet's gain pairs only the seeds whose undistilled run kept files on both sides.
+    assert result["distillation"]["fusionnet-cifar"]["points"]["exit 1 (17.0M)"]["estimate"]["per_pair"][0] \
+        == pytest.approx(0, abs=0.02)
+    assert "## Verdicts over seeds and test images (issue 33)" in text
+    assert "| 0.5-1 point ahead from 25M to 64M (mean of the curve over 25-63.0M; margin 0.5) | +" in text
+    assert (tmp_path / "anytime_seed_means.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -99,3 +99,42 @@ def test_budgeted_scores_refit_the_thresholds_on_validation():
     assert got["scores"].mean() == pytest.approx(want.top1)
     assert got["avg_macs"] == pytest.approx(want.avg_macs)
     assert budgeted_scores(val, val_labels, test, test_labels, macs, budget=0.5) is None
+
+
+def test_a_pair_without_per_image_scores_counts_in_the_estimate_and_the_seed_spread():
+    rng = np.random.default_rng(4)
+    n = 400
+    a = [(rng.random(n) < p).astype(float) for p in (0.80, 0.84, 0.79)]
+    b = [(rng.random(n) < p).astype(float) for p in (0.77, 0.78, 0.80)]
+    full = paired_estimate(a, b)
+    lost = paired_estimate([a[0].mean()] + a[1:], [b[0].mean()] + b[1:])  # pair 0 kept accuracies only
+    assert lost.difference == pytest.approx(full.difference)
+    assert lost.seed_error == pytest.approx(full.seed_error) and lost.df == 2
+    delta = np.mean([x - y for x, y in zip(a[1:], b[1:])], axis=0)
+    assert lost.image_error == pytest.approx(delta.std(ddof=1) / np.sqrt(n))
+    # A pair with scores on one side only is read as two accuracies, not as a per-image difference.
+    half = paired_estimate([a[0]] + a[1:], [b[0].mean()] + b[1:])
+    assert half.difference == pytest.approx(full.difference) and half.image_error == pytest.approx(lost.image_error)
+    with pytest.raises(ValueError):
+        paired_estimate([0.8, a[1]], [0.75, 0.72])
+
+
+def test_the_budget_curve_per_image_averages_to_the_budgeted_points():
+    from tf_fusionnet.evaluation.compare import budget_curve_scores
+
+    rng = np.random.default_rng(5)
+    k, n, c = 3, 900, 4
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(k, n, c)) + np.arange(1, k + 1)[:, None, None] * np.eye(c)[labels]
+    probs = softmax(logits)
+    confidence, predicted = probs.max(-1), probs.argmax(-1)
+    macs = [1.0, 2.0, 4.0]
+    thresholds = [[0.9, 0.5, -np.inf], [0.6, 0.4, -np.inf], [0.95, 0.95, -np.inf]]
+    costs, correct = budget_curve_scores(confidence, predicted, labels, thresholds, macs)
+    want = [simulate(probs, labels, t, macs) for t in thresholds]
+    expected = sorted([(1.0, np.mean(predicted[0] == labels)), (4.0, np.mean(predicted[-1] == labels))]
+                      + [(w.avg_macs, w.top1) for w in want])
+    assert costs.tolist() == pytest.approx([e[0] for e in expected])
+    assert correct.mean(axis=1).tolist() == pytest.approx([e[1] for e in expected])
+    middle = (costs[1] + costs[2]) / 2
+    assert scores_at_cost(correct, costs, middle).mean() == pytest.approx(np.interp(middle, costs, correct.mean(1)))

@@ -7,6 +7,7 @@ import os
 
 from common import percent as _pct
 from cpu30.results import budgeted_entry, load_summary
+from cpu30.verdicts import CHEAPER_THAN, CONTRIBUTIONS, MODEL_NAMES, read_all, render, seeds_text
 from tf_fusionnet.evaluation.curves import (BUDGETS_M, SAME_ORDER_FACTOR, budget_curve, contribution_gain, exit_curve,
                                             interpolate, same_order_verdict, seed_mean, threshold_verdict,
                                             unpaired_bounds)
@@ -62,6 +63,60 @@ def _measured_on(info: dict | None) -> str:
     return f"{info.get('cpu_model', '?')} ({vnni}), {info.get('at', '?')}"
 
 
+def _distill_pilot(jobs: dict, chosen: dict | None) -> list[str]:
+    """The distillation pilot's table (validation split only) and its choice."""
+    pilots = [j for j in jobs.values() if j["phase"] == "distill_pilot"]
+    if not pilots:
+        return []
+    lines = ["## Distillation pilot (validation split only)", "",
+             "| run | alpha | T | teacher | epochs (warmup) | val top-1 mean over exits | val top-1 last exit |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {j['name']} | {j['distill_alpha']:g} | {j['distill_temperature']:g} | {j['distill_teacher']} | "
+              f"{j['epochs']} ({j['warmup_epochs']}) | {_pct(j['val_top1_mean_over_exits'])} | "
+              f"{_pct(j['val_top1_last_exit'])} |" for j in pilots]
+    if chosen:
+        plain = chosen.get("plain_recipe_val_top1_mean_over_exits")
+        lines += ["", f"Chosen: alpha {chosen['alpha']:g}, T {chosen['temperature']:g}, teacher {chosen['teacher']} "
+                  f"({chosen['chosen_by']}" + ("" if plain is None else
+                  f"; the same model and length without distillation: {_pct(plain)} mean over exits") + ")."]
+    return lines + [""]
+
+
+def _table_groups(jobs: dict) -> list[tuple[str, str, list[dict]]]:
+    """(phase, title, entries) of each results table; the distilled runs one table per seed, so
+    each is read against the MSDNet of its own seed."""
+    groups = []
+    for phase, title in (("main", "Main comparison"), ("ablation", "Ablation"), ("seed", "Second seed"),
+                         ("seed2", "Third seed")):
+        entries = [j for j in jobs.values() if j["phase"] == phase]
+        if entries:
+            groups.append((phase, title, entries))
+    distilled = [j for j in jobs.values() if j["phase"] == "distill"]
+    for seed in sorted({j["seed"] for j in distilled}):
+        groups.append(("distill", f"With exit distillation, seed {seed}", [j for j in distilled if j["seed"] == seed]))
+    return groups
+
+
+def _paired_from_files(out: str, entries: list[dict], baseline: dict, paired: dict) -> dict:
+    """Paired errors against ``baseline`` of the entries the driver did not pair (the later
+    phases), from their committed per-image predictions; read only, summary.json is not changed."""
+    from common import load_predictions, paired_errors_of
+    from cpu30.results import PREDICTIONS
+
+    def kept(entry):
+        path = os.path.join(out, entry["name"], PREDICTIONS)
+        return load_predictions(path) if os.path.exists(path) else None
+
+    base = kept(baseline)
+    found = {}
+    for entry in entries:
+        if entry is not baseline and not paired.get(entry["name"]) and base is not None:
+            mine = kept(entry)
+            if mine is not None:
+                found[entry["name"]] = paired_errors_of(mine, base)
+    return found
+
+
 def write_report(out: str) -> str:
     """out/results.md from out/summary.json: pilot, anytime and budgeted tables, ablation, noise, verdicts."""
     from tf_fusionnet.utils import atomic_write_text
@@ -88,12 +143,10 @@ def write_report(out: str) -> str:
             r = summary["recipe"]
             lines += ["", f"Chosen: peak lr {r['lr']}, mix prob {r['mix_prob']} ({r['chosen_by']})."]
         lines.append("")
-    for phase, title in (("main", "Main comparison"), ("ablation", "Ablation"), ("seed", "Second seed")):
-        entries = [j for j in jobs.values() if j["phase"] == phase]
-        if not entries:
-            continue
+    lines += _distill_pilot(jobs, summary.get("distill"))
+    for phase, title, entries in _table_groups(jobs):
         baseline = next((j for j in entries if j["preset"] == summary.get("baseline_preset")), entries[-1])
-        paired = summary.get("paired", {})
+        paired = {**summary.get("paired", {}), **_paired_from_files(out, entries, baseline, summary.get("paired", {}))}
         lines += [f"## {title}", "", f"Differences: against `{baseline['name']}`'s curve interpolated at each "
                   "model's MACs (never extrapolated).", "",
                   "| run | epochs | exit MMACs | test top-1 per exit | minus baseline at equal MACs | "
@@ -132,6 +185,9 @@ def write_report(out: str) -> str:
             lines.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in ms)
                          + f" | {_pct(points[-1]['top1'])} | {_measured_on(measured_on.get(key))} |")
         lines += ["", CASCADE_TIMING_NOTE, "", f"![cascade]({MAIN_PLOTS[2]})", ""]
+    lines += render(read_all(out, summary))
+    if plot_seed_means(out, jobs):
+        lines += [f"![anytime, mean over seeds]({SEED_MEANS_PLOT})", ""]
     lines += _noise_and_verdicts(summary)
     text = "\n".join(lines) + "\n"
     atomic_write_text(os.path.join(out, "results.md"), text)
@@ -139,6 +195,29 @@ def write_report(out: str) -> str:
 
 
 ABLATION_PLOT = "ablation_anytime.png"
+SEED_MEANS_PLOT = "anytime_seed_means.png"
+
+
+def plot_seed_means(out: str, jobs: dict) -> bool:
+    """out/anytime_seed_means.png: each model's test top-1 per exit, the mean over its 30-epoch seeds,
+    with and without distillation (dashed); returns whether anything was drawn."""
+    from tf_fusionnet.evaluation.plots import plot_curves
+
+    groups: dict = {}
+    for j in jobs.values():
+        if j["phase"] in ("main", "seed", "seed2", "distill") and j["epochs"] == 30:
+            groups.setdefault((j["preset"], j["phase"] == "distill"), []).append(j)
+    presets = list(dict.fromkeys(p for p, _ in groups))
+    curves = []
+    for (preset, distilled), runs in groups.items():
+        mean = seed_mean(runs)
+        name = MODEL_NAMES.get(preset.split("-")[0], preset)
+        curves.append({"label": f"{name}{' distilled' if distilled else ''} ({seeds_text(mean['seeds'])})",
+                       "x": exit_curve(mean)[0], "y": exit_curve(mean)[1], "color": presets.index(preset),
+                       "linestyle": "--" if distilled else "-", "marker": "o"})
+    if curves:
+        plot_curves(os.path.join(out, SEED_MEANS_PLOT), curves, "Anytime prediction, mean over seeds (test)")
+    return bool(curves)
 
 
 def plot_ablation(out: str, entries: list[dict]) -> None:
@@ -184,12 +263,12 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
                       "the paired error was 0.33-0.35 points against an unpaired 0.55-0.57.")
     else:
         error_line = "not computed yet."
-    lines = ["## Noise", "",
+    lines = ["## Noise (the earlier fixed-threshold reading, issue 17, kept for reference)", "",
              "- Paired standard error of a same-exit test top-1 difference: " + error_line,
              "- Run-to-run spread (seed 0 against seed 1, same epochs, per exit): "
              + (f"up to {100 * max(spreads):.2f} points." if spreads else "not measured yet."),
              f"- A difference is read as real only beyond {100 * noise:.2f} points (the larger of two standard "
-             "errors and the largest seed spread).", "", "## The paper's claims", ""]
+             "errors and the largest seed spread).", "", "## The paper's claims (the earlier reading, kept for reference)", ""]
     if not noise:
         return lines + ["No verdict yet: no measure of the noise (paired errors, test-set size or second seed).", ""]
     for baseline in [base] + [j for j in main if j is not base and j is not cand]:
@@ -207,16 +286,6 @@ def _noise_and_verdicts(summary: dict) -> list[str]:
                   "than one):", ""]
         lines += _claims_against(c, b, noise)
     return lines + _ablation_verdicts(jobs, cand, base, noise) + [""]
-
-
-# Each ablation preset removes one contribution from its reference (or adds the fusion layer to
-# MSDNet); the contribution's gain is the reference minus the ablation at equal MACs.
-CONTRIBUTIONS = (
-    ("the fusion layer", "fusionnet-cifar-nofusion", "full"),
-    ("the efficient stem (with the width it pays for)", "fusionnet-cifar-msdnetstem", "full"),
-    ("the paper's transition", "fusionnet-cifar-msdnettransition", "full"),
-    ("the fusion layer added to MSDNet", "msdnet-cifar-fusion", "msdnet"),
-)
 
 
 def _ablation_verdicts(jobs: dict, cand: dict, base: dict, noise: float) -> list[str]:
@@ -250,14 +319,6 @@ def _ablation_verdicts(jobs: dict, cand: dict, base: dict, noise: float) -> list
                      + same_order_verdict(gains["msdnet-cifar-fusion"], gains.get("fusionnet-cifar-msdnetstem"),
                                           noise, ("the fusion layer", "the stem")) + ".")
     return lines
-
-
-# What the paper claims of FusionNet's last exit against each baseline's (CIFAR-10, anytime):
-# "32% fewer FLOPs than RANet's 93.8% last classifier, and 15% fewer FLOPs than MSDNet's 93.6%".
-CHEAPER_THAN = {"msdnet": 0.15, "ranet": 0.32}
-
-
-MODEL_NAMES = {"fusionnet": "FusionNet", "msdnet": "MSDNet", "ranet": "RANet"}  # by preset prefix
 
 
 def _claims_against(cand: dict, base: dict, noise: float) -> list[str]:

@@ -96,6 +96,38 @@ def budgeted_scores(val_logits: np.ndarray, val_labels: np.ndarray, test_logits:
             "top1": float(np.mean(predictions == np.asarray(test_labels)))}
 
 
+def budget_curve_scores(confidence: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
+                        thresholds: Sequence[Sequence[float]], exit_macs: Sequence[float]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness along a budgeted curve, for :func:`scores_at_cost`.
+
+    Args:
+        confidence, predicted: (K, N) every exit's max softmax probability and class on test.
+        labels: (N,) test labels.
+        thresholds: per budgeted point, the K thresholds fitted on validation (budgeted.json).
+        exit_macs: (K,) cumulative MACs of the exits.
+
+    Returns:
+        (P,) average test MACs of each point, increasing, and (P, N) whether each image is
+        classified correctly there; the curve's two ends (every image at exit 1, every image at the
+        last exit) are points too, as in the budgeted tables. Points of equal cost keep the first.
+    """
+    confidence, predicted = np.asarray(confidence, np.float64), np.asarray(predicted)
+    correct_at_exit = predicted == np.asarray(labels)[None]
+    macs_of_exit = np.asarray(exit_macs, dtype=np.float64)
+    columns = np.arange(confidence.shape[1])
+    points = [(macs_of_exit[0], correct_at_exit[0]), (macs_of_exit[-1], correct_at_exit[-1])]
+    for point in thresholds:
+        exits = exit_indices(confidence, point)
+        points.append((float(macs_of_exit[exits].mean()), correct_at_exit[exits, columns]))
+    points.sort(key=lambda p: p[0])
+    kept = points[:1]
+    for point in points[1:]:
+        if point[0] - kept[-1][0] > 1e-6:
+            kept.append(point)
+    return np.array([p[0] for p in kept]), np.stack([p[1] for p in kept]).astype(np.float64)
+
+
 @dataclasses.dataclass
 class Estimate:
     """A - B at one point, over S seed pairs and N test images (differences as fractions)."""
@@ -115,23 +147,33 @@ class Estimate:
         return dataclasses.asdict(self)
 
 
-def paired_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], level: float = 0.95) -> Estimate:
+def paired_estimate(a: Sequence[np.ndarray | float], b: Sequence[np.ndarray | float],
+                    level: float = 0.95) -> Estimate:
     """Mean over seed pairs of the paired per-image difference, with the combined standard error.
 
     Args:
         a, b: per seed (the same number for both, pair s = a[s] with b[s]), the (N,) per-image
-            scores of the two models on the same test images.
+            scores of the two models on the same test images. A pair may instead be two floats,
+            the two accuracies at the point, for runs whose per-image predictions were not kept:
+            it counts in the estimate and in the spread between seeds (so does a pair of which only
+            one side has scores: they are averaged), and the per-image error is
+            read from the pairs that have scores (conservative: the mean over fewer pairs varies
+            more from image to image). At least one pair needs scores.
         level: coverage of the two-sided t interval.
     """
     from scipy import stats
 
     if len(a) != len(b) or not len(a):
         raise ValueError(f"need the same number (>= 1) of seeds for both models, got {len(a)} and {len(b)}")
-    diffs = np.stack([np.asarray(x, np.float64) - np.asarray(y, np.float64) for x, y in zip(a, b)])
+    scored = [np.asarray(x, np.float64) - np.asarray(y, np.float64) for x, y in zip(a, b) if np.ndim(x) and np.ndim(y)]
+    if not scored:
+        raise ValueError("need per-image scores for at least one seed pair")
+    diffs = np.stack(scored)
     if diffs.ndim != 2 or diffs.shape[1] < 2:
         raise ValueError(f"need (N,) scores of >= 2 images per seed, got shape {diffs.shape[1:]}")
-    pairs, n = diffs.shape
-    per_pair = diffs.mean(axis=1)
+    n = diffs.shape[1]
+    per_pair = np.array([float(np.mean(x) - np.mean(y)) for x, y in zip(a, b)])
+    pairs = len(per_pair)
     seed_var = per_pair.var(ddof=1) / pairs if pairs > 1 else 0.0
     image_var = diffs.mean(axis=0).var(ddof=1) / n
     se = float(np.sqrt(seed_var + image_var))
@@ -191,5 +233,5 @@ def format_estimate(estimate: Estimate, points: bool = True) -> str:
     return (f"{scale * estimate.difference:+.2f} [{scale * estimate.low:+.2f}, {scale * estimate.high:+.2f}]")
 
 
-__all__ = ["Estimate", "VERDICTS", "budgeted_scores", "format_estimate", "holm", "margin_pvalues",
+__all__ = ["Estimate", "VERDICTS", "budget_curve_scores", "budgeted_scores", "format_estimate", "holm", "margin_pvalues",
            "paired_estimate", "scores_at_cost", "scores_over_range", "verdicts"]
