@@ -549,3 +549,19 @@ def test_verdicts_come_from_the_committed_per_image_files_with_their_intervals(t
     assert "## Verdicts over seeds and test images (issue 33)" in text
     assert "| 0.5-1 point ahead from 25M to 64M (mean of the curve over 25-63.0M; margin 0.5) | +" in text
     assert (tmp_path / "anytime_seed_means.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_results_are_those_of_the_committed_report():
+    """Every interval the README's results section quotes is one the committed results.md prints."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Results"):readme.index("## Read more")]
+    with open(os.path.join(root, "benchmarks", "results", "cifar10_cpu30", "results.md")) as f:
+        results = f.read()
+    quoted = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", section)
+    assert len(quoted) >= 5
+    assert [q for q in quoted if q not in results] == []

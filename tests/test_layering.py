@@ -151,3 +151,18 @@ def test_the_graph_is_read_for_real():
     assert "tf_fusionnet.exits" in graph["tf_fusionnet.export.bundle"]
     assert "tensorflow" in graph["tf_fusionnet.training.trainer"]
     assert "tf_fusionnet.runtime.manifest" in graph["tf_fusionnet.runtime.runner"]  # relative imports too
+
+
+def test_every_link_in_the_docs_names_a_file_of_the_repository():
+    """The README, docs/ and the results' notes are a reference: each relative link resolves."""
+    import glob
+    import re
+
+    pages = [os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "*.md")),
+             *glob.glob(os.path.join(ROOT, "benchmarks", "results", "**", "*.md"), recursive=True)]
+    links = [(page, target) for page in pages for target in re.findall(r"\]\(([^)\s]+)\)", open(page).read())
+             if "://" not in target and not target.startswith("#")]
+    assert len(links) > 30
+    broken = [(os.path.relpath(page, ROOT), target) for page, target in links
+              if not os.path.exists(os.path.join(os.path.dirname(page), target.split("#")[0]))]
+    assert not broken, broken
