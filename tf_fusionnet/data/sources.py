@@ -183,39 +183,44 @@ def _cifar100_names(files: _Files, meta_pattern: str, key: str) -> list[str]:
     return [str(i) for i in range(100)]
 
 
+def _cifar_files(files: _Files, train_pattern: str, test_pattern: str, missing_test: str) -> tuple[list, list]:
+    """The train and test files of one CIFAR layout (both empty if it is not that layout)."""
+    train = files.find(train_pattern)
+    if not train:
+        return [], []
+    test = files.find(test_pattern)
+    if not test:
+        raise DataError(f"{files.path}: {missing_test}")
+    return train, test
+
+
 def _try_cifar(files: _Files) -> ImageDataset | None:
     """Recognises the four official CIFAR layouts; None if none matches."""
-    bin10 = files.find(r"(^|/)data_batch_[1-5]\.bin$")
-    if bin10:
-        test = files.find(r"(^|/)test_batch\.bin$")
-        if not test:
-            raise DataError(f"{files.path}: CIFAR-10 binary batches without test_batch.bin")
-        (xtr, ytr), (xte, yte) = _cifar_binary(files, bin10, test, 1, 10)
-        return ImageDataset(xtr, ytr, xte, yte, list(CIFAR10_CLASSES), files.path, "cifar")
-    bin100 = files.find(r"(^|/)train\.bin$")
-    if bin100:
-        test = files.find(r"(^|/)test\.bin$")
-        if not test:
-            raise DataError(f"{files.path}: CIFAR-100 binary train.bin without test.bin")
-        (xtr, ytr), (xte, yte) = _cifar_binary(files, bin100, test, 2, 100)
-        names = _cifar100_names(files, r"(^|/)fine_label_names\.txt$", "")
+    def dataset(splits, names):
+        (xtr, ytr), (xte, yte) = splits
         return ImageDataset(xtr, ytr, xte, yte, names, files.path, "cifar")
-    py10 = files.find(r"(^|/)data_batch_[1-5]$")
-    if py10:
-        test = files.find(r"(^|/)test_batch$")
-        if not test:
-            raise DataError(f"{files.path}: CIFAR-10 python batches without test_batch")
-        (xtr, ytr), (xte, yte) = _cifar_python(files, py10, test, "labels", 10)
-        return ImageDataset(xtr, ytr, xte, yte, list(CIFAR10_CLASSES), files.path, "cifar")
+
+    train, test = _cifar_files(files, r"(^|/)data_batch_[1-5]\.bin$", r"(^|/)test_batch\.bin$",
+                               "CIFAR-10 binary batches without test_batch.bin")
+    if train:
+        return dataset(_cifar_binary(files, train, test, 1, 10), list(CIFAR10_CLASSES))
+    train, test = _cifar_files(files, r"(^|/)train\.bin$", r"(^|/)test\.bin$",
+                               "CIFAR-100 binary train.bin without test.bin")
+    if train:
+        return dataset(_cifar_binary(files, train, test, 2, 100),
+                       _cifar100_names(files, r"(^|/)fine_label_names\.txt$", ""))
+    train, test = _cifar_files(files, r"(^|/)data_batch_[1-5]$", r"(^|/)test_batch$",
+                               "CIFAR-10 python batches without test_batch")
+    if train:
+        return dataset(_cifar_python(files, train, test, "labels", 10), list(CIFAR10_CLASSES))
     py100 = [n for n in files.find(r"(^|/)train$") if files.find(re.escape(n[:-5]) + "meta$")]
     if py100:
         prefix = py100[0][:-5]
         test = [n for n in files.find(r"(^|/)test$") if n.startswith(prefix)]
         if not test:
             raise DataError(f"{files.path}: CIFAR-100 python 'train' without 'test'")
-        (xtr, ytr), (xte, yte) = _cifar_python(files, py100[:1], test[:1], "fine_labels", 100)
-        names = _cifar100_names(files, re.escape(prefix) + "meta$", "fine_label_names")
-        return ImageDataset(xtr, ytr, xte, yte, names, files.path, "cifar")
+        return dataset(_cifar_python(files, py100[:1], test[:1], "fine_labels", 100),
+                       _cifar100_names(files, re.escape(prefix) + "meta$", "fine_label_names"))
     return None
 
 
