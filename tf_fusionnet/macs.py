@@ -27,7 +27,7 @@ from typing import Sequence
 import keras
 from keras import layers
 
-from tf_fusionnet.models.layers import AlignedBilinearResize
+from tf_fusionnet.models.layers import AlignedBilinearResize, GradientRescale
 from tf_fusionnet.models.stage_cut import ancestor_nodes, cut_stages
 
 __all__ = ["ancestor_nodes", "exit_macs", "node_macs", "trainable_params"]
@@ -42,6 +42,7 @@ _ZERO_COST = (
     layers.Reshape,
     layers.Identity,
     AlignedBilinearResize,  # F.interpolate is a function, which the official counters never see
+    GradientRescale,  # the identity outside training
 )
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 from keras import initializers, layers
 
 from tf_fusionnet.models.layers import BatchNormalization as FusedBatchNormalization
+from tf_fusionnet.models.layers import GradientRescale
 
 BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1 expressed the Keras way.
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm default.
@@ -339,6 +340,7 @@ def build_multi_exit_outputs(
     head_channels: int,
     transition: str = "msdnet",
     initializer: str = "pytorch",
+    gradient_equilibrium: bool = False,
 ) -> tuple[list, list[list]]:
     """Builds the multi-scale dense network.
 
@@ -346,6 +348,9 @@ def build_multi_exit_outputs(
     scale no longer reads it (see :func:`apply_msd_layer`), and the 1x1
     channel-halving transition after it works within each scale.
     ``"msdnet"``: the dropped scale is still read through a strided conv.
+    ``gradient_equilibrium``: IMTA's rescaling on the coarsest scale after block i of K (1-based):
+    the gradient from exit i's head times 1/(K - i + 1), from the later blocks times
+    (K - i)/(K - i + 1) (:class:`GradientRescale`; the forward pass is unchanged).
 
     Returns:
         ``(exit_logits, block_states)``: the logits of every exit, and for every
@@ -410,10 +415,16 @@ def build_multi_exit_outputs(
                     **init,
                 )
                 n = n_out
+        head_input = features[-1]
+        if gradient_equilibrium:
+            later = len(steps) - b  # this exit and every later one
+            head_input = GradientRescale(1.0 / later, name=f"b{b + 1}_equilibrium")(head_input)
+            if later > 1:
+                features = features[:-1] + [GradientRescale(later - 1.0, name=f"b{b + 1}_equilibrium_trunk")(head_input)]
         block_states.append(list(features))
         outputs.append(
             apply_classifier_head(
-                features[-1], num_classes, head_type, head_channels, name=f"exit_{b + 1}", **init
+                head_input, num_classes, head_type, head_channels, name=f"exit_{b + 1}", **init
             )
         )
     return outputs, block_states

@@ -1,4 +1,4 @@
-"""Layers that Keras 3 has but runs slowly on this project's CPUs."""
+"""Layers Keras 3 lacks or runs slowly on this project's CPUs."""
 
 from __future__ import annotations
 
@@ -74,7 +74,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-__all__ = ["BatchNormalization"]
 
 
 @keras.saving.register_keras_serializable(package="tf_fusionnet")
@@ -110,3 +109,38 @@ class AlignedBilinearResize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="tf_fusionnet")
+class GradientRescale(keras.layers.Layer):
+    """The identity forward; in training, the gradient flowing back through it times ``scale``.
+
+    IMTA's gradient equilibrium (Li et al., ICCV 2019) rescales the gradients an exit's loss and
+    the later layers send into a block's output. Keras has no such layer, and
+    ``tf.custom_gradient`` would put an ``IdentityN`` op into every exported stage, so this
+    writes ``stop_gradient(x) + scale * (x - stop_gradient(x))``: exactly ``x`` forward
+    (``x - x`` is 0 in IEEE arithmetic), gradient ``scale``. Outside training it returns its
+    input untouched, so inference graphs and TFLite stages hold no op for it.
+
+    Args:
+        scale: the factor on the gradient.
+    """
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        stopped = keras.ops.stop_gradient(inputs)
+        return stopped + keras.ops.cast(self.scale, inputs.dtype) * (inputs - stopped)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+__all__ = ["AlignedBilinearResize", "BatchNormalization", "GradientRescale"]

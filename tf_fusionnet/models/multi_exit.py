@@ -114,7 +114,7 @@ class _MultiExitNetwork(MultiExitModel):
 
     # Values of arguments added after models were first saved: a config without
     # them was written by a version that behaved like this.
-    _LEGACY_DEFAULTS: dict[str, Any] = {"initializer": "keras"}
+    _LEGACY_DEFAULTS: dict[str, Any] = {"initializer": "keras", "gradient_equilibrium": False}
 
     def _build(self, config: dict[str, Any], fixed: dict[str, Any], name: str, **kwargs):
         """Builds the graph from the constructor's ``config`` and the arguments this class fixes
@@ -194,6 +194,10 @@ class MSDNet(_MultiExitNetwork):
             official code runs), "msdnet" (the normal fan-out init its
             ``_init_weights`` declares but never applies) or "keras"
             (``he_normal``/Glorot). See docs/architecture.md.
+        gradient_equilibrium: IMTA's gradient equilibrium (training only; the
+            forward pass and the weights are the same): on the coarsest scale
+            after block i of K, the gradient from exit i times 1/(K - i + 1),
+            from the later blocks times (K - i)/(K - i + 1). docs/training.md.
 
     Example:
     ```python
@@ -218,6 +222,7 @@ class MSDNet(_MultiExitNetwork):
         bottleneck: bool = True,
         head_channels: int = 128,
         initializer: str = "pytorch",
+        gradient_equilibrium: bool = False,
         name: str | None = None,
         **kwargs,
     ):
@@ -247,7 +252,7 @@ class FusionNet(_MultiExitNetwork):
         transition: "fusionnet" (the paper's: at a scale-drop layer the new
             finest scale does not read the dropped one) or "msdnet" (it reads
             it through a strided conv, as in MSDNet).
-        initializer: as in :class:`MSDNet`.
+        initializer, gradient_equilibrium: as in :class:`MSDNet`.
 
     Example:
     ```python
@@ -256,7 +261,7 @@ class FusionNet(_MultiExitNetwork):
     ```
     """
 
-    _LEGACY_DEFAULTS = {"initializer": "keras", "transition": "msdnet"}
+    _LEGACY_DEFAULTS = {"initializer": "keras", "transition": "msdnet", "gradient_equilibrium": False}
 
     def __init__(
         self,
@@ -280,6 +285,7 @@ class FusionNet(_MultiExitNetwork):
         head_type: str = "fusion",
         transition: str = "fusionnet",
         initializer: str = "pytorch",
+        gradient_equilibrium: bool = False,
         name: str | None = None,
         **kwargs,
     ):

@@ -13,6 +13,12 @@ from typing import Any
 from tf_fusionnet.training.precision import JIT_SETTINGS, PRECISIONS
 
 
+def _model_class(preset: str) -> str | None:
+    from tf_fusionnet.presets import PRESETS
+
+    return PRESETS.get(preset, {}).get("class")
+
+
 def _f(default, help_text: str):
     return field(default=default, metadata={"help": help_text})
 
@@ -50,6 +56,9 @@ class TrainConfig:
     distill_temperature: float = _f(3.0, "Exit distillation temperature T (teacher and student softmax at T).")
     distill_teacher: str = _f("last", "Exit distillation teacher: last (the last exit) or later_mean (the mean of "
                               "the softened predictions of every later exit).")
+    gradient_equilibrium: bool = _f(False, "IMTA's gradient equilibrium (MSDNet and FusionNet): the gradient each "
+                                    "exit and the later blocks send into a block's coarsest scale rescaled so "
+                                    "that every exit reaches a block with the same weight (docs/training.md).")
     label_smoothing: float = _f(0.1, "Label smoothing of the cross-entropy.")
     random_crop: bool = _f(True, "Zero-pad and random-crop back to size.")
     pad: int = _f(-1, "Padding per side for the random crop; -1: size // 8 (4 for 32x32).")
@@ -91,6 +100,8 @@ class TrainConfig:
             ("distill_alpha", finite(self.distill_alpha) and 0 <= self.distill_alpha <= 1, "in [0, 1]"),
             ("distill_temperature", finite(self.distill_temperature) and self.distill_temperature > 0, "a number > 0"),
             ("distill_teacher", self.distill_teacher in ("last", "later_mean"), "last or later_mean"),
+            ("gradient_equilibrium", not self.gradient_equilibrium or _model_class(self.preset) != "RANet",
+             "off for a RANet preset (IMTA defines it on MSDNet's single trunk of blocks)"),
             ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("pad", self.pad >= -1, "an integer >= 0 (or -1 for size // 8)"),
             ("mix_prob", finite(self.mix_prob) and 0 <= self.mix_prob <= 1, "in [0, 1]"),
@@ -124,6 +135,10 @@ class TrainConfig:
         from tf_fusionnet.training.distillation import ExitDistillation
 
         return ExitDistillation(self.distill_alpha, self.distill_temperature, self.distill_teacher)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Constructor arguments the recipe sets on the preset's model."""
+        return {"gradient_equilibrium": True} if self.gradient_equilibrium else {}
 
     def peak_lr(self) -> float:
         return self.lr if self.lr > 0 else 0.1 * self.batch_size / 512

@@ -98,7 +98,8 @@ def _initial_preset(preset_dir: str):
 def _copy_initial_weights(initial, model, config: TrainConfig) -> None:
     """Sets ``model``'s weights to the preset's; refuses another architecture with one line.
     A resumed run's own backup is restored over them afterwards, so this is the start only."""
-    ignore = ("name", "trainable")
+    # Gradient equilibrium changes the training graph only (weightless layers), not the weights.
+    ignore = ("name", "trainable", "gradient_equilibrium")
     want = {k: v for k, v in model.get_config().items() if k not in ignore}
     have = {k: v for k, v in initial.network.get_config().items() if k not in ignore}
     if type(initial.network) is not type(model) or want != have:
@@ -106,7 +107,12 @@ def _copy_initial_weights(initial, model, config: TrainConfig) -> None:
                           if want.get(k) != have.get(k)) or f"{type(initial.network).__name__} -> {type(model).__name__}"
         raise ValueError(f"--init_from {config.init_from}: another architecture than --preset {config.preset} builds "
                          f"for this data ({diffs})")
-    model.set_weights(initial.network.get_weights())
+    if bool(model.get_config().get("gradient_equilibrium")) == bool(initial.network.get_config().get("gradient_equilibrium")):
+        model.set_weights(initial.network.get_weights())
+        return
+    for layer in model.layers:  # by name: the weightless layers may order the graph differently
+        if layer.weights:
+            layer.set_weights(initial.network.get_layer(layer.name).get_weights())
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -303,7 +309,8 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
     )
 
     with strategy.scope():
-        model = build_model(config.preset, num_classes=data.num_classes, image_shape=data.image_shape)
+        model = build_model(config.preset, num_classes=data.num_classes, image_shape=data.image_shape,
+                            **config.model_overrides())
         num_exits = len(model.outputs)
         compile_for_training(model, config, len(x_train) // config.batch_size, jit_compile)
 
