@@ -223,7 +223,8 @@ def ablation_exits(jobs: dict, out: str) -> dict:
         points = {f"{c / 1e6:.1f}M": (lambda r, c=c: r.at_cost(c)) for c in ablated.macs}
         read = _family(points, with_it, without)
         if read:
-            found[preset] = {"what": what, "reference": refs[ref]["name"], "points": read}
+            found[preset] = {"what": what, "reference": refs[ref]["name"], "points": read,
+                             "epochs": runs[preset]["epochs"], "warmup_epochs": runs[preset].get("warmup_epochs")}
     return found
 
 
@@ -302,9 +303,13 @@ def render(result: dict) -> list[str]:
                   f"| mean over the exits | {_cell(read['mean over the exits'])} |"]
         lines += [f"| {name} | {_cell(v)} |" for name, v in read["points"].items()] + [""]
     if result["ablation"]:
-        lines += ["### Ablation, exit by exit (10 epochs, one seed each: the per-image error only)", "",
+        first = next(iter(result["ablation"].values()))
+        warmup = "" if first.get("warmup_epochs") is None else f", {first['warmup_epochs']:g} warmup epoch(s)"
+        lines += [f"### Ablation, exit by exit ({first['epochs']} epochs{warmup}, one seed each: the per-image "
+                  "error only)", "",
                   "Gain of the contribution at each of the ablation's exits (with it minus without it, the "
-                  "other curve interpolated); exits where one moves beyond the per-image noise:", ""]
+                  "other curve interpolated); the exits where it moves beyond the per-image noise (margin 0: "
+                  "*supported*, the contribution gains there; *not supported*, it costs accuracy there):", ""]
         for preset, read in result["ablation"].items():
             moved = [f"{name} {_cell(v).replace(' | ', ' ')}" for name, v in read["points"].items()
                      if v["verdict"] != "undecided"]
