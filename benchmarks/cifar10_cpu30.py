@@ -60,8 +60,8 @@ from absl import app, flags  # noqa: E402
 from common import ROOT, run_command  # noqa: E402
 from cpu30.carry import commit_paths, carry_now, restore_carry, seconds_until  # noqa: E402
 from cpu30.jobs import (DISTILL_PHASES, PHASES, ABLATIONS, Job, choose_distillation, distill_jobs,  # noqa: E402
-                        distill_pilot_jobs, later_jobs, pilot_jobs, pilot_score, planned_jobs, progress, run_groups,
-                        status, train)
+                        distill_pilot_jobs, ge_pilot_jobs, later_jobs, pilot_jobs, pilot_score, planned_jobs,
+                        progress, run_groups, status, train)
 from cpu30.carry import log_rows  # noqa: E402
 from cpu30.report import write_report  # noqa: E402
 from cpu30.results import (backfill_predictions, budgeted_entry, collect, load_summary, model_cascade,  # noqa: E402
@@ -245,6 +245,12 @@ def main(argv):
               flush=True)
         if job.name not in summary["jobs"]:
             run_job(job, evaluate=True)
+    gpilots = ge_pilot_jobs(s, choice["lr"], choice["mix_prob"]) if distill and "ge_pilot" in FLAGS.phases else []
+    for i, job in enumerate(gpilots):
+        print(f"[ge_pilot {i + 1}/{len(gpilots)}] {job.name}: {progress(gpilots, work, summary['jobs'], carry)}",
+              flush=True)
+        if job.name not in summary["jobs"]:
+            run_job(job, evaluate=False)
     print(write_report(out))
     return 0
 

@@ -565,3 +565,26 @@ def test_the_readme_results_are_those_of_the_committed_report():
     quoted = re.findall(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", section)
     assert len(quoted) >= 5
     assert [q for q in quoted if q not in results] == []
+
+
+def test_the_gradient_equilibrium_pilot_runs_last_with_its_flag_and_is_reported(tmp_path, monkeypatch):
+    settings = dict(main=["fusionnet-cifar", "msdnet-cifar-anytime"], epochs=30, ablation_epochs=10, seed_epochs=30,
+                    ablations=(), pilot_preset="msdnet-cifar-anytime", pilot_epochs=5, pilot_lrs=["0.05"],
+                    pilot_mix=["0"], distill_pilot=[(0.5, 1.0)], data="d", batch=128, val_size=5000,
+                    precision="float32")
+    summary = {"jobs": {}, "recipe": {"lr": 0.05, "mix_prob": 0.0},
+               "distill": {"alpha": 0.5, "temperature": 1.0, "teacher": "last",
+                           "plain_recipe_val_top1_mean_over_exits": 0.8209}}
+    jobs = plan.planned_jobs(settings, summary)
+    assert jobs[-1].phase == "ge_pilot" and jobs[-1].gradient_equilibrium and jobs[-1].epochs == 10
+    assert not any(j.gradient_equilibrium for j in jobs[:-1])
+    commands = []
+    monkeypatch.setattr(plan, "run_command", commands.append)
+    plan.train(jobs[-1], settings, str(tmp_path))
+    plan.train(jobs[-2], settings, str(tmp_path))
+    assert "--gradient_equilibrium" in commands[0] and "--gradient_equilibrium" not in commands[1]
+    summary["jobs"][jobs[-1].name] = {"name": jobs[-1].name, "phase": "ge_pilot", "epochs": 10, "warmup_epochs": 1,
+                                      "val_top1_mean_over_exits": 0.83, "val_top1_last_exit": 0.84}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = report.write_report(str(tmp_path))
+    assert "| ge-pilot-msdnet-cifar-anytime | 10 (1) | 83.00 | 84.00 | 82.09 |" in text

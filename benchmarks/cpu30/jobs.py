@@ -23,13 +23,15 @@ class Job:
     distill_alpha: float = 0.0
     distill_temperature: float = 3.0
     distill_teacher: str = "last"
+    gradient_equilibrium: bool = False
 
     @property
     def warmup_epochs(self) -> int:
         return max(1, round(self.epochs * 20 / 300))
 
 
-PHASES = ("pilot", "main", "ablation", "seed", "distill_pilot", "distill", "seed2")
+PHASES = ("pilot", "main", "ablation", "seed", "distill_pilot", "distill", "seed2", "ge_pilot")
+PILOT_PHASES = ("pilot", "distill_pilot", "ge_pilot")  # scored on the validation split only
 
 
 DISTILL_PHASES = ("distill", "seed2")  # issue 33: three seeds of both models, with and without distillation
@@ -84,6 +86,14 @@ def distill_jobs(s, lr: float, mix: float, distill: dict) -> list[Job]:
     return distilled(0) + [Job(f"{p}-{e}ep-seed2", "seed2", p, e, 2, lr, mix) for p in pair] + distilled(1) + distilled(2)
 
 
+def ge_pilot_jobs(s, lr: float, mix: float) -> list[Job]:
+    """Gradient equilibrium on the pilot preset, as long as the ablation runs (whose run of that
+    preset is its reference), after the comparison's runs: a first reading of the switch on the
+    validation split, not a claim."""
+    return [Job(f"ge-pilot-{s['pilot_preset']}", "ge_pilot", s["pilot_preset"], s["ablation_epochs"], 0, lr, mix,
+                gradient_equilibrium=True)]
+
+
 def planned_jobs(s, summary: dict) -> list[Job]:
     """Every job the summary's choices so far determine (the later ones appear once chosen)."""
     recipe = summary.get("recipe")
@@ -92,7 +102,7 @@ def planned_jobs(s, summary: dict) -> list[Job]:
     lr, mix = recipe["lr"], recipe["mix_prob"]
     jobs = pilot_jobs(s) + later_jobs(s, lr, mix) + distill_pilot_jobs(s, lr, mix)
     if summary.get("distill"):
-        jobs += distill_jobs(s, lr, mix, summary["distill"])
+        jobs += distill_jobs(s, lr, mix, summary["distill"]) + ge_pilot_jobs(s, lr, mix)
     return jobs
 
 
@@ -186,7 +196,7 @@ def train(job: Job, s, work: str) -> None:
                  "--dataset", s["data"], "--epochs", str(job.epochs), "--batch_size", str(s["batch"]),
                  "--lr", str(job.lr), "--warmup_epochs", str(job.warmup_epochs), "--mix_prob", str(job.mix_prob),
                  "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--precision", s["precision"],
-                 "--verbose", "2"] + distill_flags(job))
+                 "--verbose", "2"] + distill_flags(job) + (["--gradient_equilibrium"] if job.gradient_equilibrium else []))
 
 
 def distill_flags(job: Job) -> list[str]:

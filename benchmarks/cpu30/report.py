@@ -117,6 +117,20 @@ def _paired_from_files(out: str, entries: list[dict], baseline: dict, paired: di
     return found
 
 
+def _ge_pilot(jobs: dict, distill: dict | None) -> list[str]:
+    """The gradient-equilibrium pilot's line (validation split only), beside the plain recipe."""
+    pilots = [j for j in jobs.values() if j["phase"] == "ge_pilot"]
+    if not pilots:
+        return []
+    plain = (distill or {}).get("plain_recipe_val_top1_mean_over_exits")
+    lines = ["## Gradient equilibrium pilot (validation split only)", "",
+             "| run | epochs (warmup) | val top-1 mean over exits | val top-1 last exit | without it, mean over exits |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {j['name']} | {j['epochs']} ({j['warmup_epochs']}) | {_pct(j['val_top1_mean_over_exits'])} | "
+              f"{_pct(j['val_top1_last_exit'])} | {'-' if plain is None else _pct(plain)} |" for j in pilots]
+    return lines + ["", "One seed each: a first reading of the switch, not a verdict.", ""]
+
+
 def write_report(out: str) -> str:
     """out/results.md from out/summary.json: pilot, anytime and budgeted tables, ablation, noise, verdicts."""
     from tf_fusionnet.utils import atomic_write_text
@@ -143,7 +157,7 @@ def write_report(out: str) -> str:
             r = summary["recipe"]
             lines += ["", f"Chosen: peak lr {r['lr']}, mix prob {r['mix_prob']} ({r['chosen_by']})."]
         lines.append("")
-    lines += _distill_pilot(jobs, summary.get("distill"))
+    lines += _distill_pilot(jobs, summary.get("distill")) + _ge_pilot(jobs, summary.get("distill"))
     for phase, title, entries in _table_groups(jobs):
         baseline = next((j for j in entries if j["preset"] == summary.get("baseline_preset")), entries[-1])
         paired = {**summary.get("paired", {}), **_paired_from_files(out, entries, baseline, summary.get("paired", {}))}

@@ -14,7 +14,7 @@ import numpy as np
 from common import (cascade_sweep, load_predictions, paired_errors_of, run_command, save_predictions,
                     test_predictions)
 from cpu30.carry import log_rows
-from cpu30.jobs import Job, pilot_score
+from cpu30.jobs import PILOT_PHASES, Job, pilot_score
 
 PREDICTIONS = "test_predictions.npz"
 
@@ -36,7 +36,7 @@ def collect(job: Job, work: str, out: str) -> dict:
     entry = {**dataclasses.asdict(job), "warmup_epochs": job.warmup_epochs,
              "train_seconds": sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")),
              "finished_on": machine_info()}
-    if job.phase in ("pilot", "distill_pilot"):
+    if job.phase in PILOT_PHASES:
         return {**entry, **pilot_score(rows)}
     for name in ("anytime.json", "anytime.csv", "budgeted.json", "budgeted.csv"):
         shutil.copy(os.path.join(run, "eval", name), os.path.join(dest, name))

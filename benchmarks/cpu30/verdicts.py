@@ -29,7 +29,8 @@ from tf_fusionnet.evaluation.curves import BUDGETS_M, budget_curve, exit_curve, 
 from tf_fusionnet.exits import softmax
 
 RANGE_M = (25, 64)  # the paper: "0.5-1 point ahead from 25M to 64M MACs"
-CANDIDATE, BASELINE, RANET = "fusionnet-cifar", "msdnet-cifar-anytime", "ranet-cifar"
+# The models compared, unless summary.json names them (candidate_preset, baseline_preset).
+CANDIDATE, BASELINE = "fusionnet-cifar", "msdnet-cifar-anytime"
 MODEL_NAMES = {"fusionnet": "FusionNet", "msdnet": "MSDNet", "ranet": "RANet"}  # by preset prefix
 # What the paper claims of FusionNet's last exit against each baseline's (CIFAR-10, anytime):
 # "32% fewer FLOPs than RANet's 93.8% last classifier, and 15% fewer FLOPs than MSDNet's 93.6%".
@@ -150,10 +151,11 @@ class Pooled:
 
 
 def cells(out: str, summary: dict) -> dict[tuple[str, bool], dict[int, Run]]:
-    """(preset, distilled) -> seed -> run, over the 30-epoch runs of the comparison."""
+    """(preset, distilled) -> seed -> run, over the runs as long as the main ones (30 epochs)."""
     found: dict = {}
+    epochs = {j["epochs"] for j in summary["jobs"].values() if j["phase"] == "main"}
     for entry in summary["jobs"].values():
-        if entry["phase"] not in ("main", "seed", "seed2", "distill") or entry["epochs"] != 30:
+        if entry["phase"] not in ("main", "seed", "seed2", "distill") or entry["epochs"] not in epochs:
             continue
         key = (entry["preset"], entry["phase"] == "distill")
         found.setdefault(key, {})[entry["seed"]] = load_run(out, entry)
@@ -209,11 +211,11 @@ def distillation_gain(distilled: list[Run], plain: list[Run]) -> dict:
             "mean over the exits": _family({"mean": lambda r: r.mean_over_exits()}, distilled, plain).get("mean")}
 
 
-def ablation_exits(jobs: dict, out: str) -> dict:
+def ablation_exits(jobs: dict, out: str, candidate: str = CANDIDATE, baseline: str = BASELINE) -> dict:
     """Per 10-epoch ablation, the contribution's gain at each exit (one seed: the per-image error
     only), Holm over its exits."""
     runs = {j["preset"]: j for j in jobs.values() if j["phase"] == "ablation"}
-    refs = {"full": runs.get(CANDIDATE), "msdnet": runs.get(BASELINE)}
+    refs = {"full": runs.get(candidate), "msdnet": runs.get(baseline)}
     found = {}
     for what, preset, ref in CONTRIBUTIONS:
         if preset not in runs or refs[ref] is None:
@@ -233,24 +235,27 @@ def read_all(out: str, summary: dict) -> dict:
     from tf_fusionnet.utils import atomic_write_text
 
     found = cells(out, summary)
+    candidate = summary.get("candidate_preset", CANDIDATE)
+    baseline = summary.get("baseline_preset", BASELINE)
     result: dict = {"models": {}, "distillation": {}}
     for distilled in (False, True):
-        a, b = found.get((CANDIDATE, distilled), {}), found.get((BASELINE, distilled), {})
+        a, b = found.get((candidate, distilled), {}), found.get((baseline, distilled), {})
         seeds = sorted(set(a) & set(b))
         if seeds:
             result["models"][f"FusionNet - MSDNet{', both distilled' if distilled else ''}"] = compare_models(
                 [a[s] for s in seeds], [b[s] for s in seeds])
-    ranet = found.get((RANET, False), {})
-    if ranet and found.get((CANDIDATE, False)):
+    ranet = next((runs for (preset, distilled), runs in found.items()
+                  if preset.startswith("ranet") and not distilled), {})
+    if ranet and found.get((candidate, False)):
         result["models"]["FusionNet (mean of its seeds) - RANet"] = compare_models(
-            [Pooled(list(found[(CANDIDATE, False)].values()))], [ranet[min(ranet)]])
+            [Pooled(list(found[(candidate, False)].values()))], [ranet[min(ranet)]])
     result["models"] = {k: v for k, v in result["models"].items() if v["points"]}  # nothing kept per image
-    for preset in (CANDIDATE, BASELINE):
+    for preset in (candidate, baseline):
         d, p = found.get((preset, True), {}), found.get((preset, False), {})
         seeds = sorted(set(d) & set(p))
         if seeds:
             result["distillation"][preset] = distillation_gain([d[s] for s in seeds], [p[s] for s in seeds])
-    result["ablation"] = ablation_exits(summary["jobs"], out)
+    result["ablation"] = ablation_exits(summary["jobs"], out, candidate, baseline)
     atomic_write_text(os.path.join(out, VERDICTS_FILE), json.dumps(result, indent=1, allow_nan=False) + "\n")
     return result
 
