@@ -217,10 +217,17 @@ def ablation_exits(jobs: dict, out: str, candidate: str = CANDIDATE, baseline: s
     runs = {j["preset"]: j for j in jobs.values() if j["phase"] == "ablation"}
     refs = {"full": runs.get(candidate), "msdnet": runs.get(baseline)}
     found = {}
+    loaded: dict[str, Run] = {}  # a reference serves several contributions: read its files once
+
+    def kept(entry: dict) -> Run:
+        if entry["name"] not in loaded:
+            loaded[entry["name"]] = load_run(out, entry)
+        return loaded[entry["name"]]
+
     for what, preset, ref in CONTRIBUTIONS:
         if preset not in runs or refs[ref] is None:
             continue
-        ablated, reference = load_run(out, runs[preset]), load_run(out, refs[ref])
+        ablated, reference = kept(runs[preset]), kept(refs[ref])
         with_it, without = ([reference], [ablated]) if ref == "full" else ([ablated], [reference])
         points = {f"{c / 1e6:.1f}M": (lambda r, c=c: r.at_cost(c)) for c in ablated.macs}
         read = _family(points, with_it, without)
