@@ -22,6 +22,17 @@ Phases, each a list of train.py runs on the 45,000/5,000 split of the CIFAR-10 J
 4. ``seed``: both main models again with ``--seed 1`` for ``--seed_epochs``, so differences
    are read against run-to-run spread as well as against the test set's paired standard error.
 
+Issue 33's phases follow, each run keeping its per-image validation and test logits:
+
+5. ``distill_pilot``: exit distillation at each alpha:T of ``--distill_pilot`` on the pilot
+   preset for ``--ablation_epochs``, scored on the validation split; the best is the choice.
+6. ``distill`` and ``seed2``: both main models with that distillation at seeds 0, 1, 2, and
+   without it at seed 2, so every cell has three seeds.
+7. ``rerun``: seed 0 again of the models of ``--rerun_seed0`` (FusionNet, whose first run's
+   per-image predictions were lost); it replaces that run in every verdict.
+8. ``ge_pilot``: gradient equilibrium on the pilot preset for ``--ablation_epochs``
+   (validation split only).
+
 Run order: the first main model and the baseline, their second seed, the ablation, and the
 other main models (RANet) last, since they cost the most and the claims do not rest on them.
 Each finished main or second-seed model is exported (float32, int8) and swept through the
@@ -81,6 +92,9 @@ flags.DEFINE_list("pilot_mix", ["0", "0.5"], "CutMix/MixUp probabilities the pil
 flags.DEFINE_list("distill_pilot", ["0.5:1", "0.5:3", "0.8:3"],
                   "alpha:T pairs of exit distillation (teacher: the last exit) the distillation pilot tries on "
                   "--pilot_preset for --ablation_epochs, scored on the validation split like the recipe pilot.")
+flags.DEFINE_list("rerun_seed0", ["fusionnet-cifar"],
+                  "Main models trained again at seed 0 (as PRESET-EPOCHSep-seed0, after the distilled runs) because "
+                  "their first run kept no per-image predictions; the rerun replaces it in every verdict.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                   "Number format of every run. Pinned, not train.py's auto: auto would train a model in "
@@ -107,7 +121,7 @@ def _settings():
                  distill_pilot=[tuple(float(v) for v in pair.split(":")) for pair in FLAGS.distill_pilot])
     if FLAGS.smoke:
         return dict(**pilot, data="sample", val_size=50, batch=32, precision=FLAGS.precision, main=["fusionnet-tiny", "ranet-tiny", "msdnet-tiny"],
-                    ablations=(),
+                    ablations=(), rerun_seed0=["fusionnet-tiny"],
                     epochs=1, ablation_epochs=1, seed_epochs=1, pilot_epochs=1, pilot_preset="msdnet-tiny")
     from tf_fusionnet.presets import PRESETS
 
@@ -115,7 +129,7 @@ def _settings():
     if "ranet-cifar" in PRESETS and "ranet-cifar" not in main:
         main.insert(-1, "ranet-cifar")
     return dict(**pilot, data=os.path.abspath(FLAGS.data), val_size=5000, batch=FLAGS.batch_size, main=main,
-                precision=FLAGS.precision,
+                precision=FLAGS.precision, rerun_seed0=list(FLAGS.rerun_seed0),
                 ablations=ABLATIONS, epochs=FLAGS.epochs, ablation_epochs=FLAGS.ablation_epochs,
                 seed_epochs=FLAGS.seed_epochs, pilot_epochs=FLAGS.pilot_epochs, pilot_preset=FLAGS.pilot_preset)
 

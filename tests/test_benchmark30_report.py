@@ -588,3 +588,52 @@ def test_the_gradient_equilibrium_pilot_runs_last_with_its_flag_and_is_reported(
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     text = report.write_report(str(tmp_path))
     assert "| ge-pilot-msdnet-cifar-anytime | 10 (1) | 83.00 | 84.00 | 82.09 |" in text
+
+
+def test_a_rerun_of_seed_0_replaces_the_first_run_in_every_verdict_and_is_tabled_beside_it(tmp_path):
+    import cpu30.verdicts as verdicts
+
+    settings = dict(main=["fusionnet-cifar", "msdnet-cifar-anytime"], epochs=30, ablation_epochs=10, seed_epochs=30,
+                    ablations=(), pilot_preset="msdnet-cifar-anytime", pilot_epochs=5, pilot_lrs=["0.05"],
+                    pilot_mix=["0"], distill_pilot=[(0.5, 1.0)], rerun_seed0=["fusionnet-cifar"])
+    summary = {"jobs": {}, "recipe": {"lr": 0.05, "mix_prob": 0.0},
+               "distill": {"alpha": 0.5, "temperature": 1.0, "teacher": "last"}}
+    planned = plan.planned_jobs(settings, summary)
+    names = [j.name for j in planned]
+    rerun = planned[names.index("fusionnet-cifar-30ep-seed0")]
+    assert (rerun.phase, rerun.seed, rerun.distill_alpha, rerun.epochs) == ("rerun", 0, 0.0, 30)
+    # After every distilled run, before the gradient-equilibrium pilot.
+    assert names.index("msdnet-cifar-anytime-distill-30ep-seed2") < names.index(rerun.name) < len(names) - 1
+    assert [j.name for j in plan.distill_jobs({**settings, "rerun_seed0": []}, 0.05, 0.0, summary["distill"])
+            ].count(rerun.name) == 0
+
+    rng = np.random.default_rng(1)
+    difficulty = rng.random(3000)
+    jobs = {}
+    for seed in (0, 1, 2):
+        suffix = "" if seed == 0 else f"-30ep-seed{seed}"
+        phase = {0: "main", 1: "seed", 2: "seed2"}[seed]
+        # The first FusionNet seed 0 kept no files and reads 20 points behind; its rerun 5 ahead.
+        fusion = (0.55, 0.60, 0.65) if seed == 0 else (0.78, 0.84, 0.88)
+        jobs[f"fusionnet-cifar{suffix}"] = _kept_run(tmp_path, f"fusionnet-cifar{suffix}", phase, "fusionnet-cifar",
+                                                     seed, (17, 35, 63), fusion, difficulty, rng, files=seed != 0)
+        jobs[f"msdnet-cifar-anytime{suffix}"] = _kept_run(tmp_path, f"msdnet-cifar-anytime{suffix}", phase,
+                                                          "msdnet-cifar-anytime", seed, (15, 37, 76),
+                                                          (0.70, 0.76, 0.80), difficulty, rng)
+    jobs[rerun.name] = _kept_run(tmp_path, rerun.name, "rerun", "fusionnet-cifar", 0, (17, 35, 63),
+                                 (0.75, 0.81, 0.85), difficulty, rng)
+    assert verdicts.cell_entries(jobs)[("fusionnet-cifar", False)][0]["name"] == rerun.name
+    # Whichever order the summary lists them in.
+    backwards = dict(reversed(list(jobs.items())))
+    assert verdicts.cell_entries(backwards)[("fusionnet-cifar", False)][0]["name"] == rerun.name
+    (tmp_path / "summary.json").write_text(json.dumps({"jobs": jobs, "baseline_preset": "msdnet-cifar-anytime"}))
+    text = report.write_report(str(tmp_path))
+    last = json.loads((tmp_path / "verdicts.json").read_text())["models"]["FusionNet - MSDNet"]["points"]
+    # Seed 0's pair is the rerun's, read image by image: near +5 points, not -20.
+    first_pair = last["exit 3 (63.0M)"]["estimate"]["per_pair"][0]
+    assert first_pair == pytest.approx(0.85 - curves.interpolate([15e6, 37e6, 76e6], [0.70, 0.76, 0.80], 63e6),
+                                       abs=0.03)
+    section = text[text.index("## Seed 0 again"):]
+    section = section[:section.index("\n## ")]
+    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["| fusionnet-cifar-30ep-seed0", "| fusionnet-cifar", "| msdnet-cifar-anytime"]

@@ -30,11 +30,12 @@ class Job:
         return max(1, round(self.epochs * 20 / 300))
 
 
-PHASES = ("pilot", "main", "ablation", "seed", "distill_pilot", "distill", "seed2", "ge_pilot")
+PHASES = ("pilot", "main", "ablation", "seed", "distill_pilot", "distill", "seed2", "rerun", "ge_pilot")
 PILOT_PHASES = ("pilot", "distill_pilot", "ge_pilot")  # scored on the validation split only
 
 
-DISTILL_PHASES = ("distill", "seed2")  # issue 33: three seeds of both models, with and without distillation
+# Issue 33: three seeds of both models, with and without distillation, every one with per-image files.
+DISTILL_PHASES = ("distill", "seed2", "rerun")
 
 
 ABLATIONS = ("fusionnet-cifar-nofusion", "fusionnet-cifar-msdnetstem", "fusionnet-cifar-msdnettransition",
@@ -77,13 +78,25 @@ def distill_pilot_jobs(s, lr: float, mix: float) -> list[Job]:
 def distill_jobs(s, lr: float, mix: float, distill: dict) -> list[Job]:
     """Issue 33's runs, in the order they train: both main models (FusionNet and the baseline)
     with the pilot's distillation at seed 0, then both without it at seed 2 (the third seed of
-    the plain recipe: seeds 0 and 1 are the main and seed phases), then distilled seeds 1 and 2."""
+    the plain recipe: seeds 0 and 1 are the main and seed phases), then distilled seeds 1 and 2,
+    then the reruns of :func:`rerun_jobs`."""
     pair = s["main"][:1] + s["main"][-1:]
     e = s["epochs"]
     a, t, teacher = distill["alpha"], distill["temperature"], distill["teacher"]
     def distilled(seed):
         return [Job(f"{p}-distill-{e}ep-seed{seed}", "distill", p, e, seed, lr, mix, a, t, teacher) for p in pair]
-    return distilled(0) + [Job(f"{p}-{e}ep-seed2", "seed2", p, e, 2, lr, mix) for p in pair] + distilled(1) + distilled(2)
+    return (distilled(0) + [Job(f"{p}-{e}ep-seed2", "seed2", p, e, 2, lr, mix) for p in pair] + distilled(1)
+            + distilled(2) + rerun_jobs(s, lr, mix))
+
+
+def rerun_jobs(s, lr: float, mix: float) -> list[Job]:
+    """Seed 0 again of each main model in ``s["rerun_seed0"]``: those whose first run kept no
+    per-image predictions (FusionNet's, lost with its machine), so that every cell of the
+    comparison can be read with its per-image error. Fixed before it ran: the rerun replaces
+    the first run in every verdict whatever it scores (:func:`cpu30.verdicts.cell_entries`);
+    the first run's table stays, and the two side by side show what a rerun of one seed moves."""
+    e = s["epochs"]
+    return [Job(f"{p}-{e}ep-seed0", "rerun", p, e, 0, lr, mix) for p in s.get("rerun_seed0", ())]
 
 
 def ge_pilot_jobs(s, lr: float, mix: float) -> list[Job]:

@@ -7,7 +7,7 @@ import os
 
 from common import percent as _pct
 from cpu30.results import budgeted_entry, load_summary
-from cpu30.verdicts import CHEAPER_THAN, CONTRIBUTIONS, MODEL_NAMES, read_all, render, seeds_text
+from cpu30.verdicts import CHEAPER_THAN, CONTRIBUTIONS, MODEL_NAMES, cell_entries, read_all, render, seeds_text
 from tf_fusionnet.evaluation.curves import (BUDGETS_M, SAME_ORDER_FACTOR, budget_curve, contribution_gain, exit_curve,
                                             interpolate, same_order_verdict, seed_mean, threshold_verdict,
                                             unpaired_bounds)
@@ -82,7 +82,7 @@ def _distill_pilot(jobs: dict, chosen: dict | None) -> list[str]:
     return lines + [""]
 
 
-def _table_groups(jobs: dict) -> list[tuple[str, str, list[dict]]]:
+def _table_groups(jobs: dict, baseline_preset: str | None) -> list[tuple[str, str, list[dict]]]:
     """(phase, title, entries) of each results table; the distilled runs one table per seed, so
     each is read against the MSDNet of its own seed."""
     groups = []
@@ -94,6 +94,12 @@ def _table_groups(jobs: dict) -> list[tuple[str, str, list[dict]]]:
     distilled = [j for j in jobs.values() if j["phase"] == "distill"]
     for seed in sorted({j["seed"] for j in distilled}):
         groups.append(("distill", f"With exit distillation, seed {seed}", [j for j in distilled if j["seed"] == seed]))
+    reruns = [j for j in jobs.values() if j["phase"] == "rerun"]
+    if reruns:  # beside the first runs of their seed, and the baseline's seed 0
+        presets = {r["preset"] for r in reruns} | {baseline_preset}
+        first = [j for j in jobs.values() if j["phase"] == "main" and j["seed"] == 0 and j["preset"] in presets]
+        groups.append(("rerun", "Seed 0 again (the first run kept no per-image predictions; the rerun replaces "
+                       "it in the verdicts)", reruns + first))
     return groups
 
 
@@ -158,7 +164,7 @@ def write_report(out: str) -> str:
             lines += ["", f"Chosen: peak lr {r['lr']}, mix prob {r['mix_prob']} ({r['chosen_by']})."]
         lines.append("")
     lines += _distill_pilot(jobs, summary.get("distill")) + _ge_pilot(jobs, summary.get("distill"))
-    for phase, title, entries in _table_groups(jobs):
+    for phase, title, entries in _table_groups(jobs, summary.get("baseline_preset")):
         baseline = next((j for j in entries if j["preset"] == summary.get("baseline_preset")), entries[-1])
         paired = {**summary.get("paired", {}), **_paired_from_files(out, entries, baseline, summary.get("paired", {}))}
         lines += [f"## {title}", "", f"Differences: against `{baseline['name']}`'s curve interpolated at each "
@@ -217,10 +223,7 @@ def plot_seed_means(out: str, jobs: dict) -> bool:
     with and without distillation (dashed); returns whether anything was drawn."""
     from tf_fusionnet.evaluation.plots import plot_curves
 
-    groups: dict = {}
-    for j in jobs.values():
-        if j["phase"] in ("main", "seed", "seed2", "distill") and j["epochs"] == 30:
-            groups.setdefault((j["preset"], j["phase"] == "distill"), []).append(j)
+    groups = {key: list(seeds.values()) for key, seeds in cell_entries(jobs).items()}
     presets = list(dict.fromkeys(p for p, _ in groups))
     curves = []
     for (preset, distilled), runs in groups.items():

@@ -4,8 +4,9 @@ Every figure is recomputed from what the driver commits under ``--out``: a run's
 (float32 test logits: exact) or else its ``test_predictions.npz`` (float16 confidences: a few
 images in 10,000 change exit at a threshold, which moves a budgeted top-1 by at most 0.01
 points), the thresholds its evaluation fitted on the validation split (``budgeted.json``), and,
-for a run that kept neither (FusionNet seed 0), its accuracies in ``summary.json``: such a pair
-counts in the estimate and the spread between seeds, not in the per-image error.
+for a run that kept neither (FusionNet's first seed 0, until its rerun replaces it), its
+accuracies in ``summary.json``: such a pair counts in the estimate and the spread between seeds,
+not in the per-image error.
 
 Seeds pair by number (FusionNet seed s with MSDNet seed s; a distilled run with the undistilled
 run of its seed). Points: each exit of the first model (the other's curve interpolated at its
@@ -150,16 +151,31 @@ class Pooled:
         return self._mean("over_range", low, high)
 
 
-def cells(out: str, summary: dict) -> dict[tuple[str, bool], dict[int, Run]]:
-    """(preset, distilled) -> seed -> run, over the runs as long as the main ones (30 epochs)."""
+COMPARED_PHASES = ("main", "seed", "seed2", "distill", "rerun")
+
+
+def cell_entries(jobs: dict) -> dict[tuple[str, bool], dict[int, dict]]:
+    """(preset, distilled) -> seed -> summary entry, over the runs as long as the main ones.
+
+    A ``rerun`` (the same preset and seed trained again because the first run's per-image
+    predictions were lost) takes its first run's place, whatever either scored: the rule was
+    fixed before the rerun trained, so no choice between two draws of one seed is made on results.
+    """
     found: dict = {}
-    epochs = {j["epochs"] for j in summary["jobs"].values() if j["phase"] == "main"}
-    for entry in summary["jobs"].values():
-        if entry["phase"] not in ("main", "seed", "seed2", "distill") or entry["epochs"] not in epochs:
+    epochs = {j["epochs"] for j in jobs.values() if j["phase"] == "main"}
+    for entry in jobs.values():
+        if entry["phase"] not in COMPARED_PHASES or entry["epochs"] not in epochs:
             continue
-        key = (entry["preset"], entry["phase"] == "distill")
-        found.setdefault(key, {})[entry["seed"]] = load_run(out, entry)
+        cell = found.setdefault((entry["preset"], entry["phase"] == "distill"), {})
+        if entry["phase"] == "rerun" or cell.get(entry["seed"], {}).get("phase") != "rerun":
+            cell[entry["seed"]] = entry
     return found
+
+
+def cells(out: str, summary: dict) -> dict[tuple[str, bool], dict[int, Run]]:
+    """:func:`cell_entries` with each run's per-image files loaded."""
+    return {key: {seed: load_run(out, entry) for seed, entry in seeds.items()}
+            for key, seeds in cell_entries(summary["jobs"]).items()}
 
 
 def _family(points: dict[str, Callable[[Run], Score]], a: list[Run], b: list[Run], margin: float = 0.0) -> dict:
