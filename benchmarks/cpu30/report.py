@@ -98,8 +98,8 @@ def _table_groups(jobs: dict, baseline_preset: str | None) -> list[tuple[str, st
     if reruns:  # beside the first runs of their seed, and the baseline's seed 0
         presets = {r["preset"] for r in reruns} | {baseline_preset}
         first = [j for j in jobs.values() if j["phase"] == "main" and j["seed"] == 0 and j["preset"] in presets]
-        groups.append(("rerun", "Seed 0 again (the first run kept no per-image predictions; the rerun replaces "
-                       "it in the verdicts)", reruns + first))
+        groups.append(("rerun", "Seed 0 again (`--rerun_seed0`: the rerun replaces the first run in the verdicts)",
+                       reruns + first))
     return groups
 
 
