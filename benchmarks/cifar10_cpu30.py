@@ -247,8 +247,11 @@ def main(argv):
                           if j["phase"] == "ablation" and j["preset"] == s["pilot_preset"]), None)
         if reference is not None and "val_top1_mean_over_exits" not in reference:
             reference.update(pilot_score(log_rows(os.path.join(out, reference["name"]))))
-        summary["distill"] = choose_distillation(dpilots, reference, summary["jobs"])
-        save("cifar10_cpu30: the distillation pilot chose alpha and T on the validation split")
+        chosen = choose_distillation(dpilots, reference, summary["jobs"])
+        # A restart walks the pilot again: commit only when the choice itself is new.
+        changed = summary.get("distill") != chosen
+        summary["distill"] = chosen
+        save("cifar10_cpu30: the distillation pilot chose alpha and T on the validation split" if changed else None)
     distill = summary.get("distill")
     djobs = [j for j in distill_jobs(s, choice["lr"], choice["mix_prob"], distill)
              if j.phase in FLAGS.phases] if distill else []

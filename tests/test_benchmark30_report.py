@@ -637,3 +637,40 @@ def test_a_rerun_of_seed_0_replaces_the_first_run_in_every_verdict_and_is_tabled
     section = section[:section.index("\n## ")]
     rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == ["| fusionnet-cifar-30ep-seed0", "| fusionnet-cifar", "| msdnet-cifar-anytime"]
+
+
+def test_a_restart_of_the_finished_comparison_trains_nothing_and_commits_nothing(tmp_path):
+    """Run the driver with --commit on a copy of the committed results: every run is finished, so it
+    may rewrite the report but must neither train nor make a commit (restarts used to commit the
+    distillation pilot's unchanged choice each time)."""
+    import os
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    shutil.copytree(os.path.join(root, "benchmarks", "results", "cifar10_cpu30"), out)
+    wrapper = tmp_path / "driver.py"
+    wrapper.write_text(f"""
+import json, runpy, sys
+sys.path.insert(0, {os.path.join(root, "benchmarks")!r})
+import common
+import cpu30.carry
+commits = []
+cpu30.carry.commit_paths = lambda paths, message, **kw: commits.append(message)
+def refuse(command, *args, **kwargs):
+    raise AssertionError(f"the finished comparison ran {{command}}")
+common.run_command = refuse
+sys.argv = ["cifar10_cpu30.py", "--commit", "--out", {str(out)!r}, "--work", {str(tmp_path / "work")!r},
+            "--carry", {str(tmp_path / "carry")!r}]
+try:
+    runpy.run_path({os.path.join(root, "benchmarks", "cifar10_cpu30.py")!r}, run_name="__main__")
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print("COMMITS " + json.dumps(commits))
+""")
+    import sys
+
+    done = subprocess.run([sys.executable, str(wrapper)], capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commits = json.loads(done.stdout.rsplit("COMMITS ", 1)[1])
+    assert commits == []
