@@ -645,8 +645,9 @@ def test_a_restart_of_the_finished_comparison_trains_nothing_and_commits_nothing
     distillation pilot's unchanged choice each time)."""
     import os
     import shutil
+    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = common.ROOT
     out = tmp_path / "out"
     shutil.copytree(os.path.join(root, "benchmarks", "results", "cifar10_cpu30"), out)
     wrapper = tmp_path / "driver.py"
@@ -668,8 +669,6 @@ except SystemExit as exit:
     assert not exit.code, exit.code
 print("COMMITS " + json.dumps(commits))
 """)
-    import sys
-
     done = subprocess.run([sys.executable, str(wrapper)], capture_output=True, text=True, cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     commits = json.loads(done.stdout.rsplit("COMMITS ", 1)[1])
