@@ -1,4 +1,12 @@
-"""The comparison that can decide (issue 17): a recipe pilot, 30-epoch main runs, ablations, a second seed.
+"""The driver of the long comparisons: the 30-epoch one (issues 17 and 33) and the paper's regime (issue 44).
+
+    python benchmarks/cifar10_cpu30.py --comparison paper300 --commit   # issue 44: 300 epochs, lossless CIFAR
+    python benchmarks/cifar10_cpu30.py --comparison paper300 --status   # every run's epochs, s/epoch, hours left
+
+``--comparison paper300`` plans its runs in ``cpu30/paper300.py`` (a bfloat16 pilot, then
+CIFAR-100, CIFAR-10, the official MSDNet recipe, a second seed) and keeps its results in
+benchmarks/results/paper300; everything below (resuming, carrying, committing) is shared.
+The rest of this docstring is the 30-epoch comparison (the default, ``--comparison cpu30``):
 
     python benchmarks/cifar10_cpu30.py                 # everything, in order; resumable
     python benchmarks/cifar10_cpu30.py --phases pilot  # one phase
@@ -78,8 +86,11 @@ from cpu30.report import write_report  # noqa: E402
 from cpu30.results import (backfill_predictions, budgeted_entry, collect, load_summary, model_cascade,  # noqa: E402
                            pair_phase)
 
+flags.DEFINE_enum("comparison", "cpu30", ["cpu30", "paper300"],
+                  "cpu30: the 30-epoch JPEG CIFAR-10 comparison; paper300: issue 44's 300-epoch runs on lossless CIFAR "
+                  "(its own --work, --out and --carry unless given).")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Dataset.")
-flags.DEFINE_list("phases", list(PHASES), "Phases to run, in this order.")
+flags.DEFINE_list("phases", [], "Phases to run, in this order (default: all of the comparison's).")
 flags.DEFINE_list("main_presets", ["fusionnet-cifar", "msdnet-cifar-anytime"],
                   "Main models; the last is the baseline every difference is taken against.")
 flags.DEFINE_integer("epochs", 30, "Epochs of the main runs.")
@@ -134,10 +145,16 @@ def _settings():
                 seed_epochs=FLAGS.seed_epochs, pilot_epochs=FLAGS.pilot_epochs, pilot_preset=FLAGS.pilot_preset)
 
 
-def main(argv):
-    from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
-
+def _folders() -> tuple[str, str, str]:
+    """--out, --work and --carry; paper300's own unless given; a smoke run's own unless given."""
     out, work, carry = os.path.abspath(FLAGS.out), os.path.abspath(FLAGS.work), os.path.abspath(FLAGS.carry)
+    if FLAGS.comparison == "paper300":
+        if not FLAGS["out"].present:
+            out = os.path.join(ROOT, "benchmarks", "results", "paper300")
+        if not FLAGS["work"].present:
+            work = os.path.join(ROOT, "..", "paper300-work")
+        if not FLAGS["carry"].present:
+            carry = os.path.join(ROOT, "benchmarks", "carry", "paper300")
     if FLAGS.smoke:  # never into the real runs and results, unless asked for explicitly
         if not FLAGS["work"].present:
             work += "-smoke"
@@ -145,15 +162,36 @@ def main(argv):
             out = os.path.join(work, "results")
         if not FLAGS["carry"].present:
             carry = os.path.join(work, "carry")
+    return out, work, os.path.abspath(carry)
+
+
+def run_job(job: Job, s: dict, work: str, out: str, carry: str, summary: dict, save, evaluate: bool) -> None:
+    """Trains (or resumes, from --carry where that is further) one run, evaluates it, keeps its
+    results in --out and drops its carried state; ``save(message)`` writes and commits."""
+    restored = restore_carry(os.path.join(carry, job.name), os.path.join(work, job.name))
+    if restored:
+        print(f"{job.name}: resuming from the state carried in {carry} ({restored} epochs)", flush=True)
+    train(job, s, work)
+    if evaluate:
+        run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
+    summary["jobs"][job.name] = collect(job, work, out)
+    shutil.rmtree(os.path.join(carry, job.name), ignore_errors=True)
+    save(f"{os.path.basename(out)}: {job.phase} run {job.name} finished")
+
+
+def main(argv):
+    if FLAGS.comparison == "paper300":
+        return main_paper300()
+    from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
+
+    out, work, carry = _folders()
     if FLAGS.report_only:
         print(write_report(out))
         return 0
     if FLAGS.status:
         print(status(_settings(), work, load_summary(out), carry))
         return 0
-    unknown = sorted(set(FLAGS.phases) - set(PHASES))
-    if unknown:
-        raise SystemExit(f"error: --phases: unknown {', '.join(unknown)} (choose from {', '.join(PHASES)})")
+    phases = _phases(PHASES)
     s = _settings()
     summary = load_summary(out)
 
@@ -188,20 +226,12 @@ def main(argv):
         if FLAGS.commit and message:
             commit_paths([out, carry], message)
 
-    def run_job(job: Job, evaluate: bool) -> None:
-        restored = restore_carry(os.path.join(carry, job.name), os.path.join(work, job.name))
-        if restored:
-            print(f"{job.name}: resuming from the state carried in {carry} ({restored} epochs)", flush=True)
-        train(job, s, work)
-        if evaluate:
-            run_command([sys.executable, "evaluate.py", "--run", os.path.join(work, job.name)])
-        summary["jobs"][job.name] = collect(job, work, out)
-        shutil.rmtree(os.path.join(carry, job.name), ignore_errors=True)
-        save(f"cifar10_cpu30: {job.phase} run {job.name} finished")
+    def run_job(job: Job, evaluate: bool) -> None:  # noqa: F811  (the module's, with this comparison's folders)
+        globals()["run_job"](job, s, work, out, carry, summary, save, evaluate)
 
     pilots = pilot_jobs(s)
     choice = summary.get("recipe")
-    if "pilot" in FLAGS.phases:
+    if "pilot" in phases:
         for i, job in enumerate(pilots):
             print(f"[pilot {i + 1}/{len(pilots)}] {job.name}: {progress(pilots, work, summary['jobs'], carry)}",
                   flush=True)
@@ -213,7 +243,7 @@ def main(argv):
         save()
     if not choice:
         raise SystemExit("error: no recipe chosen yet: run the pilot phase first (--phases pilot)")
-    jobs = [j for j in later_jobs(s, choice["lr"], choice["mix_prob"]) if j.phase in FLAGS.phases]
+    jobs = [j for j in later_jobs(s, choice["lr"], choice["mix_prob"]) if j.phase in phases]
     for phase, group in run_groups(jobs):
         for job in group:
             print(f"[{phase} {jobs.index(job) + 1}/{len(jobs)}] {job.name}: "
@@ -237,7 +267,7 @@ def main(argv):
     # Issue 33: the distillation pilot (validation only), then three seeds of both models with
     # and without distillation. Each run's validation and test logits go to --out (LOGITS).
     dpilots = distill_pilot_jobs(s, choice["lr"], choice["mix_prob"])
-    if "distill_pilot" in FLAGS.phases:
+    if "distill_pilot" in phases:
         for i, job in enumerate(dpilots):
             print(f"[distill_pilot {i + 1}/{len(dpilots)}] {job.name}: "
                   f"{progress(dpilots, work, summary['jobs'], carry)}", flush=True)
@@ -254,21 +284,105 @@ def main(argv):
         save("cifar10_cpu30: the distillation pilot chose alpha and T on the validation split" if changed else None)
     distill = summary.get("distill")
     djobs = [j for j in distill_jobs(s, choice["lr"], choice["mix_prob"], distill)
-             if j.phase in FLAGS.phases] if distill else []
-    if not distill and any(p in FLAGS.phases for p in DISTILL_PHASES):
+             if j.phase in phases] if distill else []
+    if not distill and any(p in phases for p in DISTILL_PHASES):
         raise SystemExit("error: no distillation chosen yet: run the distillation pilot first (--phases distill_pilot)")
     for i, job in enumerate(djobs):
         print(f"[{job.phase} {i + 1}/{len(djobs)}] {job.name}: {progress(djobs, work, summary['jobs'], carry)}",
               flush=True)
         if job.name not in summary["jobs"]:
             run_job(job, evaluate=True)
-    gpilots = ge_pilot_jobs(s, choice["lr"], choice["mix_prob"]) if distill and "ge_pilot" in FLAGS.phases else []
+    gpilots = ge_pilot_jobs(s, choice["lr"], choice["mix_prob"]) if distill and "ge_pilot" in phases else []
     for i, job in enumerate(gpilots):
         print(f"[ge_pilot {i + 1}/{len(gpilots)}] {job.name}: {progress(gpilots, work, summary['jobs'], carry)}",
               flush=True)
         if job.name not in summary["jobs"]:
             run_job(job, evaluate=False)
     print(write_report(out))
+    return 0
+
+
+def _phases(known) -> list[str]:
+    chosen = list(FLAGS.phases) or list(known)
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise SystemExit(f"error: --phases: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    return chosen
+
+
+def main_paper300() -> int:
+    """Issue 44: the bfloat16 pilot, then the 300-epoch runs of :mod:`cpu30.paper300`, each
+    evaluated and its results (log, anytime and budgeted tables, per-image logits) kept in --out."""
+    import threading
+
+    from cpu30 import paper300 as plan
+    from cpu30.paper_report import write_paper_report
+    from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
+
+    out, work, carry = _folders()
+    if FLAGS.report_only:
+        print(write_paper_report(out))
+        return 0
+    phases = _phases(plan.PAPER_PHASES)
+    summary = load_summary(out)
+    data_dir = os.path.dirname(os.path.abspath(FLAGS.data))
+    s = dict(data="sample", val_size=50 if FLAGS.smoke else 5000, batch=512, precision="float32",
+             cascade_images=FLAGS.cascade_images)
+    pilot = plan.precision_pilot_job(data_dir, FLAGS.smoke)
+    choice = summary.get("precision_choice")
+
+    def planned() -> list[Job]:
+        return [pilot] + (plan.paper_jobs(choice["precision"], data_dir, FLAGS.smoke) if choice else [])
+
+    if FLAGS.status:
+        lines = plan.paper_status(planned(), work, summary["jobs"], carry, machine_info()["cpu_model"])
+        if not choice:
+            lines.insert(-1, "(the 300-epoch runs are listed once the pilot has chosen the number format)")
+        print("\n".join(lines))
+        return 0
+
+    def carry_and_commit() -> None:
+        lines = carry_now(planned(), work, carry, summary["jobs"])
+        print("\n".join(lines) or "no unfinished run has a finished epoch: nothing to carry", flush=True)
+        if FLAGS.commit and lines:
+            commit_paths([carry], "paper300: carry the unfinished runs' last finished epochs, compact "
+                         "(" + "; ".join(lines) + ")")
+
+    if FLAGS.carry_now:
+        carry_and_commit()
+        return 0
+    if FLAGS.carry_at:
+        delay = seconds_until(FLAGS.carry_at)
+        print(f"carrying the unfinished runs in {delay / 60:.0f} min ({FLAGS.carry_at})", flush=True)
+        timer = threading.Timer(delay, carry_and_commit)
+        timer.daemon = True
+        timer.start()
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),
+                    "machine": machine_info(), "candidate_preset": plan.MODELS[0], "baseline_preset": plan.MODELS[-1]})
+
+    def save(message: str | None = None) -> None:
+        summary["git_commit"] = git_commit()
+        atomic_write_json(os.path.join(out, "summary.json"), summary)
+        write_paper_report(out)
+        if FLAGS.commit and message:
+            commit_paths([out, carry], message)
+
+    if "precision_pilot" in phases and pilot.name not in summary["jobs"]:
+        run_job(pilot, s, work, out, carry, summary, save, evaluate=False)
+    if not choice and pilot.name in summary["jobs"]:
+        choice = plan.precision_choice(log_rows(os.path.join(out, pilot.name)), plan.reference_rows())
+        summary["precision_choice"] = choice
+        save(f"paper300: the bfloat16 pilot chose {choice['precision']} for the long runs (validation only)")
+    if not choice:
+        raise SystemExit("error: no number format chosen yet: run the precision_pilot phase first")
+    jobs = [j for j in planned()[1:] if j.phase in phases]
+    for i, job in enumerate(jobs):
+        print(f"[{job.phase} {i + 1}/{len(jobs)}] {job.name}", flush=True)
+        if job.name not in summary["jobs"]:
+            run_job(job, s, work, out, carry, summary, save, evaluate=True)
+    print(write_paper_report(out))
     return 0
 
 

@@ -209,10 +209,28 @@ def test_status_lists_every_run_and_the_time_left_at_the_recent_speed(tmp_path):
     assert lines[-1].startswith("all: 10 of 18 epochs done, about 0.7 h left at 300 s per epoch")
 
 
-def _fake_run(run, epochs, weights=b"w"):
+def _write_weights(path, value: float) -> None:
+    """A Keras-shaped .weights.h5: one layer's kernel filled with ``value``, SGD's step and momentum."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("layers/dense/vars/0", data=np.full((4, 3), value, np.float32))
+        f.create_dataset("optimizer/vars/0", data=np.int64(7))
+        f.create_dataset("optimizer/vars/1", data=np.full((4, 3), 0.5, np.float32))
+
+
+def _kernel(path) -> float:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return float(f["layers/dense/vars/0"][0, 0])
+
+
+def _fake_run(run, epochs, weights=1.0):
     """A run folder as train.py leaves it after ``epochs`` finished epochs (files only)."""
     (run / "backup").mkdir(parents=True, exist_ok=True)
-    (run / "backup" / "latest.weights.h5").write_bytes(weights)
+    _write_weights(run / "backup" / "latest.weights.h5", weights)
     (run / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": epochs, "batch": -1}))
     (run / "log.csv").write_text("epoch,epoch_seconds\n" + "".join(f"{i + 1},300\n" for i in range(epochs)))
     (run / "config.json").write_text(json.dumps({"train": {"epochs": 30}}))
@@ -223,10 +241,12 @@ def _fake_run(run, epochs, weights=b"w"):
 
 def test_carry_copies_one_epoch_and_resumes_a_lost_or_shorter_run(tmp_path):
     run, carried = tmp_path / "work" / "msdnet", tmp_path / "carry" / "msdnet"
-    _fake_run(run, 3, weights=b"epoch3")
+    _fake_run(run, 3, weights=3.0)
     assert carrying.save_carry(str(run), str(carried), epochs=30) == 3
     assert carrying.epochs_carried(str(carried)) == 3
-    assert (carried / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
+    # Compact: the weights in bfloat16, the optimizer's step kept, its momentum not.
+    assert not (carried / "backup" / "latest.weights.h5").exists()
+    assert _kernel(carried / "backup" / "latest.compact.h5") != 3.0
     # Neither model is carried before the last epoch (the backup holds the weights; best is only its record).
     assert not (carried / "model.keras").exists() and not (carried / "best.keras").exists()
     assert (carried / "best.keras.json").exists() and not (tmp_path / "carry" / "msdnet.partial").exists()
@@ -234,17 +254,21 @@ def test_carry_copies_one_epoch_and_resumes_a_lost_or_shorter_run(tmp_path):
     # A fresh machine: the run folder is gone, and comes back from the carried state.
     lost = tmp_path / "fresh" / "msdnet"
     assert carrying.restore_carry(str(carried), str(lost)) == 3
-    assert (lost / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
+    import h5py
+
+    with h5py.File(lost / "backup" / "latest.weights.h5", "r") as f:
+        assert f["layers/dense/vars/0"].dtype.name == "float32" and float(f["layers/dense/vars/0"][0, 0]) == 3.0
+        assert int(f["optimizer/vars/0"][()]) == 7 and not f["optimizer/vars/1"][()].any()
     assert len(carrying.log_rows(str(lost))) == 3
     # A run that is further along than the carried state is left alone.
-    _fake_run(run, 5, weights=b"epoch5")
+    _fake_run(run, 5, weights=5.0)
     assert carrying.restore_carry(str(carried), str(run)) == 0
-    assert (run / "backup" / "latest.weights.h5").read_bytes() == b"epoch5"
+    assert _kernel(run / "backup" / "latest.weights.h5") == 5.0
     # A shorter run is brought forward; its own models are of an older epoch and go.
     short = tmp_path / "short" / "msdnet"
-    _fake_run(short, 1, weights=b"epoch1")
+    _fake_run(short, 1, weights=1.0)
     assert carrying.restore_carry(str(carried), str(short)) == 3
-    assert (short / "backup" / "latest.weights.h5").read_bytes() == b"epoch3"
+    assert _kernel(short / "backup" / "latest.weights.h5") == 3.0
     assert not (short / "model.keras").exists() and not (short / "best.keras").exists()
 
 
@@ -351,7 +375,8 @@ def test_git_keeps_every_carried_file():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=root, capture_output=True).returncode:
         pytest.skip("not a git checkout: nothing is committed from here")
-    names = [os.path.join("benchmarks", "carry", "cifar10_cpu30", "run", n) for n in (*carrying.CARRIED, "model.keras")]
+    names = [os.path.join("benchmarks", "carry", "cifar10_cpu30", "run", n)
+             for n in (*carrying.CARRIED, carrying.COMPACT_WEIGHTS, "model.keras")]
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
     assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout
 

@@ -1,8 +1,11 @@
 """Carrying unfinished runs between machines through the checkout, and committing what the driver wrote.
 
-A run's last finished epoch (weights, optimizer state, log, settings) is copied into the checkout
+A run's last finished epoch (weights, log, settings) is copied into the checkout
 (:func:`save_carry`), committed, and put back into a run folder that holds fewer epochs
-(:func:`restore_carry`).
+(:func:`restore_carry`). The weights go in compact form (:mod:`tf_fusionnet.runs.compact`:
+bfloat16, the optimizer's step counter but not its momentum): about a quarter of the full backup,
+since every carry stays in the repository's history for good. Carries made before (full
+``latest.weights.h5``) are still restored.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from common import ROOT
 # ``evaluate.py --checkpoint best`` says it is missing instead of serving a later epoch.
 # model.keras goes only with a run whose last epoch is done (evaluation reads it).
 CARRIED = ("config.json", "split.json", "preprocessing.json", "log.csv", "best.keras.json",
-           os.path.join("backup", "latest.weights.h5"), os.path.join("backup", "training_metadata.json"))
+           os.path.join("backup", "training_metadata.json"))
+FULL_WEIGHTS = os.path.join("backup", "latest.weights.h5")  # train.py's resume state
+COMPACT_WEIGHTS = os.path.join("backup", "latest.compact.h5")  # its carried form
 
 
 def epochs_carried(run: str) -> int:
@@ -61,6 +66,10 @@ def save_carry(run: str, dest: str, epochs: int, timeout_s: float = 1800.0, poll
                 if os.path.exists(os.path.join(run, name)):
                     os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
                     shutil.copy2(os.path.join(run, name), os.path.join(tmp, name))
+            if os.path.exists(os.path.join(run, FULL_WEIGHTS)):
+                from tf_fusionnet.runs.compact import compact_weights
+
+                compact_weights(os.path.join(run, FULL_WEIGHTS), os.path.join(tmp, COMPACT_WEIGHTS))
             if (epochs_carried(run), len(log_rows(run))) == before:
                 shutil.rmtree(dest, ignore_errors=True)
                 os.replace(tmp, dest)
@@ -95,7 +104,12 @@ def restore_carry(carried: str, run: str) -> int:
             rel = os.path.relpath(os.path.join(root, name), carried)
             target = os.path.join(run, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copy2(os.path.join(root, name), target)
+            if rel == COMPACT_WEIGHTS:
+                from tf_fusionnet.runs.compact import expand_weights
+
+                expand_weights(os.path.join(root, name), os.path.join(run, FULL_WEIGHTS))
+            else:
+                shutil.copy2(os.path.join(root, name), target)
     stale = ["model.keras"] if not os.path.exists(os.path.join(carried, "model.keras")) else []
     if old_best is None or _read(best_record) != old_best:
         stale.append("best.keras")

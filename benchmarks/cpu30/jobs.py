@@ -24,14 +24,23 @@ class Job:
     distill_temperature: float = 3.0
     distill_teacher: str = "last"
     gradient_equilibrium: bool = False
+    # Issue 44's runs differ from each other in data, batch, precision and recipe; "" / 0 / ()
+    # take the comparison's setting (``s``), as every run of the 30-epoch comparison does.
+    data: str = ""
+    batch: int = 0
+    precision: str = ""
+    recipe: tuple[str, ...] = ()  # further train.py flags (the official MSDNet schedule, say)
+    warmup: float = -1.0  # -1: the paper's share of the epochs, below
 
     @property
-    def warmup_epochs(self) -> int:
+    def warmup_epochs(self) -> float:
+        if self.warmup >= 0:
+            return self.warmup
         return max(1, round(self.epochs * 20 / 300))
 
 
 PHASES = ("pilot", "main", "ablation", "seed", "distill_pilot", "distill", "seed2", "rerun", "ge_pilot")
-PILOT_PHASES = ("pilot", "distill_pilot", "ge_pilot")  # scored on the validation split only
+PILOT_PHASES = ("pilot", "distill_pilot", "ge_pilot", "precision_pilot")  # scored on the validation split only
 
 
 # Issue 33: three seeds of both models, with and without distillation, every one with per-image files.
@@ -204,12 +213,19 @@ def status(s, work: str, summary: dict, carry: str | None = None) -> str:
     return "\n".join(lines + [f"all: {progress(jobs, work, summary['jobs'], carry)}"])
 
 
+def train_command(job: Job, s, work: str) -> list[str]:
+    """The train.py command of a job (its own data, batch, precision and recipe where it has them)."""
+    warmup = job.warmup_epochs
+    return ([sys.executable, "train.py", "--preset", job.preset, "--output", os.path.join(work, job.name),
+             "--dataset", job.data or s["data"], "--epochs", str(job.epochs), "--batch_size", str(job.batch or s["batch"]),
+             "--lr", str(job.lr), "--warmup_epochs", str(int(warmup) if float(warmup).is_integer() else warmup),
+             "--mix_prob", str(job.mix_prob), "--val_size", str(s["val_size"]), "--seed", str(job.seed),
+             "--precision", job.precision or s["precision"], "--verbose", "2"]
+            + distill_flags(job) + (["--gradient_equilibrium"] if job.gradient_equilibrium else []) + list(job.recipe))
+
+
 def train(job: Job, s, work: str) -> None:
-    run_command([sys.executable, "train.py", "--preset", job.preset, "--output", os.path.join(work, job.name),
-                 "--dataset", s["data"], "--epochs", str(job.epochs), "--batch_size", str(s["batch"]),
-                 "--lr", str(job.lr), "--warmup_epochs", str(job.warmup_epochs), "--mix_prob", str(job.mix_prob),
-                 "--val_size", str(s["val_size"]), "--seed", str(job.seed), "--precision", s["precision"],
-                 "--verbose", "2"] + distill_flags(job) + (["--gradient_equilibrium"] if job.gradient_equilibrium else []))
+    run_command(train_command(job, s, work))
 
 
 def distill_flags(job: Job) -> list[str]:

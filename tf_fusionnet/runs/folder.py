@@ -179,7 +179,15 @@ def last_logged_epoch(path: str) -> dict[str, float]:
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v} if rows else {}
+    if not rows:
+        return {}
+    numbers = {}
+    for key, value in rows[-1].items():
+        try:  # text columns (precision, cpu_model, cpu_flags) are not metrics
+            numbers[key] = float(value)
+        except (TypeError, ValueError):
+            pass
+    return numbers
 
 
 

@@ -102,7 +102,9 @@ class EpochCSVLog(keras.callbacks.Callback):
     and ``val_seconds`` split it. ``train_images_per_second`` is the training pass's
     steady-state throughput: ``batch_size`` images per step over the steps after the
     epoch's first (which includes tracing the step function after a start or resume);
-    not logged with ``batch_size`` 0 or a one-step epoch.
+    not logged with ``batch_size`` 0 or a one-step epoch. ``precision`` (the model's dtype
+    policy), ``cpu_model`` and ``cpu_flags`` (the SIMD flags that choose TensorFlow's kernels)
+    say what each epoch ran on: a resumed run may continue on another machine.
     """
 
     def __init__(self, path: str, batch_size: int = 0):
@@ -129,6 +131,13 @@ class EpochCSVLog(keras.callbacks.Callback):
         if self._epoch_start is not None and self._val_start is None:
             self._val_start = time.perf_counter()
 
+    def _where(self) -> dict[str, str]:
+        from tf_fusionnet.utils import machine_info
+
+        info = machine_info()
+        policy = getattr(getattr(self.model, "dtype_policy", None), "name", None) or keras.config.dtype_policy().name
+        return {"precision": policy, "cpu_model": info["cpu_model"], "cpu_flags": " ".join(info["simd_flags"])}
+
     def _read_rows(self) -> list[dict[str, str]]:
         if not os.path.exists(self.path):
             return []
@@ -146,6 +155,7 @@ class EpochCSVLog(keras.callbacks.Callback):
             if self.batch_size and self._steps > 1 and train_end > self._first_step_end:
                 steady = (self._steps - 1) * self.batch_size / (train_end - self._first_step_end)
                 row["train_images_per_second"] = f"{steady:.1f}"
+        row.update(self._where())
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:  # the rate the epoch ended with
             row["lr"] = f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}"

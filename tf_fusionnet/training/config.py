@@ -43,6 +43,11 @@ class TrainConfig:
     batch_size: int = _f(512, "Global batch size.")
     lr: float = _f(-1.0, "Peak learning rate; -1: 0.1 * batch_size / 512 (the paper's 0.1 at batch 512).")
     warmup_epochs: float = _f(20.0, "Epochs of linear warmup from 0 to the peak learning rate.")
+    lr_schedule: str = _f("cosine", "cosine: warmup, then cosine decay to 0 (the paper); step: the peak rate "
+                          "multiplied by --lr_step_factor at each epoch of --lr_milestones (the official MSDNet "
+                          "code's 150,225), no warmup.")
+    lr_milestones: str = _f("150,225", "Epochs at which --lr_schedule step multiplies the rate by --lr_step_factor.")
+    lr_step_factor: float = _f(0.1, "Factor of each step of --lr_schedule step.")
     momentum: float = _f(0.9, "SGD momentum.")
     weight_decay: float = _f(1e-4, "Weight decay coefficient (see --weight_decay_style).")
     weight_decay_style: str = _f("coupled", "coupled: PyTorch SGD's L2 added to the gradient before the momentum "
@@ -73,9 +78,11 @@ class TrainConfig:
     num_cpu_devices: int = _f(0, "Split the CPU into this many logical devices (to try 'mirrored' without GPUs).")
     checkpoint_steps: int = _f(0, "With --strategy multiworker: also checkpoint every N steps (0: every epoch "
                                "only), so a lost worker costs at most N steps.")
-    precision: str = _f("auto", "auto | float32 | mixed_bfloat16 | mixed_float16. auto: mixed_float16 on a GPU, "
-                        "mixed_bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32 (a resumed run keeps "
-                        "its own); float32 turns it off.")
+    precision: str = _f("auto", "auto | machine | float32 | mixed_bfloat16 | mixed_float16. auto: mixed_float16 on "
+                        "a GPU, mixed_bfloat16 on a CPU with avx512_bf16/amx_bf16, else float32 (a resumed run "
+                        "keeps its own); machine: the same choice made again at every start, so a run resumed on "
+                        "another machine takes that machine's (log.csv records each epoch's); float32 turns it "
+                        "off.")
     jit_compile: str = _f("auto", "auto | on | off: XLA for the train step; auto: on a GPU only (it halved "
                           "the throughput on the project's CPUs).")
     inter_op_threads: int = _f(-1, "TensorFlow inter-op threads. -1 (auto): 2, with 1 intra-op thread, on a "
@@ -94,6 +101,10 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("lr", finite(self.lr) and (self.lr > 0 or self.lr == -1), "> 0 (or -1 for the linear-scaling default)"),
             ("warmup_epochs", finite(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            ("lr_schedule", self.lr_schedule in ("cosine", "step"), "cosine or step"),
+            ("warmup_epochs", self.lr_schedule != "step" or self.warmup_epochs == 0,
+             "0 with --lr_schedule step (the official MSDNet schedule has no warmup)"),
+            ("lr_step_factor", finite(self.lr_step_factor) and 0 < self.lr_step_factor <= 1, "in (0, 1]"),
             ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("weight_decay_style", self.weight_decay_style in ("coupled", "decoupled"), "coupled or decoupled"),
@@ -152,6 +163,19 @@ class TrainConfig:
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
+
+
+def parse_milestones(text: str, epochs: int | None = None) -> list[int]:
+    """``--lr_milestones`` as increasing epochs >= 1 (and below ``epochs`` when given)."""
+    try:
+        milestones = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--lr_milestones must be comma-separated epochs, got {text!r}") from None
+    if not milestones or any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise ValueError(f"--lr_milestones must be increasing epochs >= 1, got {text!r}")
+    if epochs is not None and milestones[-1] >= epochs:
+        raise ValueError(f"--lr_milestones {text}: every milestone must be below --epochs ({epochs})")
+    return milestones
 
 
 def parse_exit_weights(text: str, num_exits: int | None = None) -> list[float]:

@@ -17,6 +17,10 @@ give two independent convolutions to run at any time, and each is too small to s
 well over two cores (docs/training.md). Elsewhere auto leaves TensorFlow's choice (not
 measured on other machines).
 
+``--precision machine`` makes the same choice at every start, a resumption included: the long
+runs of ``benchmarks/cifar10_cpu30.py --comparison paper300`` move between machines with and
+without native bfloat16, and each epoch's precision and CPU are in ``log.csv``.
+
 A resumed run with ``auto`` keeps the precision it was started with (recorded in
 its ``config.json``), so one run is not trained half in one format and half in
 another because it was resumed on another machine.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "machine", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_SETTINGS = ("auto", "on", "off")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -65,10 +69,12 @@ def resolve_precision(requested: str, previous_run: dict | None = None) -> str:
     """
     if requested not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "machine":  # chosen again at every start, resumed or not
+        return machine_precision()
     if requested != "auto":
         return requested
     if previous_run:
-        if previous_run.get("precision") in PRECISIONS[1:]:
+        if previous_run.get("precision") in PRECISIONS[2:]:
             return previous_run["precision"]
         # Written before --precision existed: float32 unless --mixed_precision was set.
         return "mixed_float16" if previous_run.get("train", {}).get("mixed_precision") else "float32"

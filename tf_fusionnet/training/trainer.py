@@ -14,7 +14,7 @@ from tf_fusionnet.data.image_size import parse_image_size
 from tf_fusionnet.runs.folder import (RUN_MARKER, check_resume, check_same_architecture, claim_run_dir,
                                      finished_epochs, has_finished_epoch, last_logged_epoch, prepare_split,
                                      previous_run_config, record_owner)
-from tf_fusionnet.training.config import TrainConfig, parse_exit_weights
+from tf_fusionnet.training.config import TrainConfig, parse_exit_weights, parse_milestones
 from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision, resolve_threads
 from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions
 
@@ -126,10 +126,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
 
     from tf_fusionnet.training.optimizers import TorchSGD
 
+
     peak = config.peak_lr()
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    if warmup > 0:
+    if config.lr_schedule == "step":  # the official MSDNet code: lr * factor**(milestones passed), per epoch
+        # Keras keeps the earlier value at a boundary step itself; epoch m's first step is m * steps_per_epoch.
+        boundaries = [m * steps_per_epoch - 1 for m in parse_milestones(config.lr_milestones, config.epochs)]
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [peak * config.lr_step_factor ** k for k in range(len(boundaries) + 1)])
+    elif warmup > 0:
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0,
             decay_steps=total - warmup,
@@ -201,6 +207,8 @@ def precheck(config: TrainConfig) -> None:
     config.validate()
     parse_image_size(config.image_size)
     parse_exit_weights(config.exit_weights)
+    if config.lr_schedule == "step":
+        parse_milestones(config.lr_milestones, config.epochs)
     if config.preset not in PRESETS:
         raise ValueError(f"Unknown preset {config.preset!r}. Available: {', '.join(PRESETS)}.")
     if config.dataset not in ("sample", "cifar10", "cifar100") and not os.path.exists(config.dataset):
