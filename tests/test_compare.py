@@ -1,11 +1,14 @@
 """Comparison statistics (issue 33) on synthetic cases whose answer is known."""
 
+import math
+
 import numpy as np
 import pytest
 
 from tf_fusionnet.exits import simulate, thresholds_for_budget
 from tf_fusionnet.evaluation.compare import (Estimate, budgeted_scores, holm, margin_pvalues, paired_estimate,
                                              scores_at_cost, scores_over_range, verdicts)
+from tf_fusionnet.evaluation import compare
 from tf_fusionnet.evaluation.metrics import softmax
 
 
@@ -138,3 +141,79 @@ def test_the_budget_curve_per_image_averages_to_the_budgeted_points():
     assert correct.mean(axis=1).tolist() == pytest.approx([e[1] for e in expected])
     middle = (costs[1] + costs[2]) / 2
     assert scores_at_cost(correct, costs, middle).mean() == pytest.approx(np.interp(middle, costs, correct.mean(1)))
+
+
+# Issue 44: the two-way method, checked on synthetic comparisons with a known answer.
+
+def _simulate(rng, seeds: int, images: int, seed_sd: float, shift: float = 0.0):
+    """Per-image correctness (0/1) of two models over ``seeds`` training seeds each: every image
+    has an easiness, every training run shifts its model's accuracy by N(0, seed_sd); model A is
+    ``shift`` more accurate in expectation. Returns lists a, b of (N,) arrays."""
+    easiness = rng.beta(4, 1.2, size=images)
+    a, b = [], []
+    for _ in range(seeds):
+        for out, offset in ((a, shift), (b, 0.0)):
+            p = np.clip(easiness + offset + rng.normal(0, seed_sd), 0, 1)
+            out.append((rng.random(images) < p).astype(np.float64))
+    return a, b
+
+
+def _rates(estimator, seeds, sims=600, images=2000, seed_sd=0.004, shift=0.0, margin=0.0):
+    """(share of one-sided tests of A - B > margin that reject at 0.025, coverage of the 95% interval
+    of the true difference ``shift``)."""
+    rng = np.random.default_rng(1234 + seeds)
+    rejected = covered = 0
+    for _ in range(sims):
+        a, b = _simulate(rng, seeds, images, seed_sd, shift)
+        e = estimator(a, b)
+        rejected += compare.margin_pvalues(e, margin)[0] < 0.025
+        covered += e.low <= shift <= e.high
+    return rejected / sims, covered / sims
+
+
+def test_two_way_method_holds_its_false_positive_rate_and_coverage():
+    """No true difference: the one-sided test at 2.5% rejects about 2.5% of the time (not 0, as the
+    30-epoch method did), and the 95% interval covers about 95%, with 2 and 3 seeds (seed variance
+    from the runs) and with 1 seed (seed variance given, as from earlier runs)."""
+    # The training-only variance of a pair's difference: two runs' shifts, N(0, 0.004) each.
+    known = compare.SeedVariance(2 * 0.004 ** 2, math.inf, "the simulation")
+    for seeds, prior in ((1, known), (2, None), (3, None)):
+        fpr, coverage = _rates(lambda a, b: compare.seed_image_estimate(a, b, prior=prior), seeds)
+        assert 0.01 <= fpr <= 0.045, (seeds, fpr)
+        assert 0.92 <= coverage <= 0.975, (seeds, coverage)
+    old_fpr, _ = _rates(lambda a, b: compare.paired_estimate(a, b), 3)
+    assert old_fpr < 0.01  # the audit's finding, kept visible
+
+
+def test_two_way_method_finds_a_real_one_point_difference_with_two_seeds():
+    """Two seeds per model on 10,000 images, the seed variance pooled with an earlier estimate (3
+    seed pairs, as the 30-epoch runs give): a true 1-point lead is found more often than not, although
+    these simulated models disagree on far more images than two real ones do."""
+    prior = compare.SeedVariance(2 * 0.002 ** 2, 2, "earlier runs")
+    power, coverage = _rates(lambda a, b: compare.seed_image_estimate(a, b, prior=prior), 2, sims=200,
+                             images=10000, shift=0.01, seed_sd=0.002)
+    assert power > 0.5 and coverage >= 0.9
+
+
+def test_seed_variance_subtracts_the_interaction_and_needs_a_prior_for_one_pair():
+    rng = np.random.default_rng(7)
+    a, b = _simulate(rng, 3, 5000, seed_sd=0.0)
+    pure = compare.seed_variance_of(a, b, "three runs")
+    naive = float(np.var([x.mean() - y.mean() for x, y in zip(a, b)], ddof=1))
+    assert pure.variance < naive and pure.df == 2
+    with pytest.raises(ValueError, match="prior"):
+        compare.seed_image_estimate(a[:1], b[:1])
+    one = compare.seed_image_estimate(a[:1], b[:1], prior=compare.SeedVariance(1e-5, 2, "earlier runs"))
+    assert one.seed_error == pytest.approx(math.sqrt(1e-5)) and 2 <= one.df < 5000
+    pooled = compare.pooled_seed_variance([pure, compare.SeedVariance(3 * pure.variance + 1e-6, 2, "x")], "both")
+    assert pooled.df == 2 and pooled.variance > pure.variance
+
+
+def test_every_point_claims_need_every_point_and_no_correction():
+    def est(diff, se=0.002):
+        return compare.Estimate(diff, se, 0.0, se, math.inf, diff - 2 * se, diff + 2 * se, 0.95, [diff], 10000)
+
+    # Each point alone at p ~ 0.02 (z = 2.05): supported without correction; Holm would have refused.
+    assert compare.every_point_verdict({"20M": est(0.0041), "40M": est(0.0041)})["verdict"] == "supported"
+    assert compare.every_point_verdict({"20M": est(0.0041), "40M": est(0.001)})["verdict"] == "undecided"
+    assert compare.every_point_verdict({"20M": est(0.0041), "40M": est(-0.01)})["verdict"] == "not supported"

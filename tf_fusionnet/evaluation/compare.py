@@ -24,12 +24,23 @@ A claim "A - B >= margin" is tested one-sided against its margin, not against 0
 a verdict: *supported* (the corrected test that the difference exceeds the margin rejects),
 *not supported* (the corrected test that it falls short of the margin rejects) or *undecided*.
 
+That estimator (:func:`paired_estimate`) is the 30-epoch comparison's, kept so its committed
+verdicts can be reproduced. An audit found it far too conservative: the per-image term counts the
+seed-by-image interaction a second time (it is already in the spread between seeds), and t(S - 1)
+multiplies the per-image error too, which is known to N - 1 degrees of freedom. The method fixed
+for the 300-epoch comparison (issue 44; docs/training.md, "Reading a difference with one or two
+seeds") is :func:`seed_image_estimate`: a two-way (seed x image) decomposition, the seed variance
+from the runs themselves where there are two seeds or more and from a source named in advance
+where there is one, Welch-Satterthwaite degrees of freedom, and :func:`every_point_verdict` for
+claims that must hold at every point (an intersection needs no multiplicity correction).
+
 Numpy and scipy only (no TensorFlow): it runs on committed per-image files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -184,6 +195,118 @@ def paired_estimate(a: Sequence[np.ndarray | float], b: Sequence[np.ndarray | fl
                     level, [float(v) for v in per_pair], n)
 
 
+@dataclasses.dataclass
+class SeedVariance:
+    """The variance of a seed pair's difference that comes from training alone (fraction^2), with
+    its degrees of freedom and where it came from; ``df`` inf: taken as known."""
+
+    variance: float
+    df: float
+    source: str
+
+
+def seed_image_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], level: float = 0.95,
+                        prior: SeedVariance | None = None) -> Estimate:
+    """A - B over S seed pairs and N test images, with the two-way standard error (issue 44).
+
+    Model: the per-image difference of pair s on image i is d_si = mu + a_s + b_i + e_si (training
+    chance a, test-image chance b, their interaction e). The estimate is the mean of d over s and i;
+    its variance is var(a) / S + var(b) / N + var(e) / (S N). The image means over the pairs have
+    variance var(b) + var(e) / S, so ``var_i(mean_s d_si) / N`` is the last two terms exactly; the
+    seed term needs var(a) alone, which the spread of the pair means overstates by var(e) / N:
+
+    * S >= 2: var(a) = var_s(d_s) - MSE / N, MSE the residual mean square of the seed x image table
+      (floored at 0), with S - 1 degrees of freedom; pooled with ``prior`` where one is given
+      (weighted by degrees of freedom);
+    * S = 1: var(a) is ``prior``'s, required (one pair cannot tell training chance from a real
+      difference).
+
+    The interval is Student's t at the Welch-Satterthwaite degrees of freedom of the two terms
+    (normal where the seed variance is taken as known, or is 0).
+
+    Args:
+        a, b: per seed pair, (N,) per-image scores of the two models on the same test images.
+        level: coverage of the two-sided interval.
+        prior: the seed variance from elsewhere (:func:`seed_variance_of` on earlier runs).
+    """
+    from scipy import stats
+
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"need the same number (>= 1) of seeds for both models, got {len(a)} and {len(b)}")
+    d = np.stack([np.asarray(x, np.float64) - np.asarray(y, np.float64) for x, y in zip(a, b)])
+    if d.ndim != 2 or d.shape[1] < 2:
+        raise ValueError(f"need (N,) per-image scores of >= 2 images per seed pair, got shape {d.shape[1:]}")
+    pairs, n = d.shape
+    pair_means, image_means = d.mean(axis=1), d.mean(axis=0)
+    image_var = float(image_means.var(ddof=1)) / n
+    seed = None
+    if pairs > 1:
+        residual = d - pair_means[:, None] - image_means[None, :] + d.mean()
+        mse = float((residual ** 2).sum()) / ((pairs - 1) * (n - 1))
+        seed = SeedVariance(max(0.0, float(pair_means.var(ddof=1)) - mse / n), pairs - 1, "these runs")
+    if prior is not None:
+        if seed is None or math.isinf(prior.df):
+            seed = prior if seed is None else SeedVariance(prior.variance, prior.df, prior.source)
+        else:
+            df = seed.df + prior.df
+            seed = SeedVariance((seed.df * seed.variance + prior.df * prior.variance) / df, df,
+                                f"these runs pooled with {prior.source}")
+    if seed is None:
+        raise ValueError("one seed pair: give the seed variance from elsewhere (prior=...), fixed in advance")
+    seed_var = seed.variance / pairs
+    se = math.sqrt(seed_var + image_var)
+    if se == 0:
+        df = math.inf
+    else:
+        df = (seed_var + image_var) ** 2 / ((seed_var ** 2 / seed.df if seed_var and not math.isinf(seed.df) else 0.0)
+                                            + image_var ** 2 / (n - 1))
+    quantile = float(stats.norm.ppf(0.5 + level / 2)) if math.isinf(df) else float(stats.t.ppf(0.5 + level / 2, df))
+    mean = float(d.mean())
+    return Estimate(mean, se, math.sqrt(seed_var), math.sqrt(image_var), df if math.isinf(df) else int(round(df)),
+                    mean - quantile * se, mean + quantile * se, level, [float(v) for v in pair_means], n)
+
+
+def seed_variance_of(a: Sequence[np.ndarray], b: Sequence[np.ndarray], source: str) -> SeedVariance:
+    """The training-only variance of a pair's difference, from S >= 2 seed pairs of earlier runs
+    (:func:`seed_image_estimate`'s decomposition), to serve as ``prior`` for runs with one pair."""
+    if len(a) < 2:
+        raise ValueError("need >= 2 seed pairs to estimate a seed variance")
+    d = np.stack([np.asarray(x, np.float64) - np.asarray(y, np.float64) for x, y in zip(a, b)])
+    pairs, n = d.shape
+    pair_means, image_means = d.mean(axis=1), d.mean(axis=0)
+    residual = d - pair_means[:, None] - image_means[None, :] + d.mean()
+    mse = float((residual ** 2).sum()) / ((pairs - 1) * (n - 1))
+    return SeedVariance(max(0.0, float(pair_means.var(ddof=1)) - mse / n), pairs - 1, source)
+
+
+def pooled_seed_variance(parts: Sequence[SeedVariance], source: str) -> SeedVariance:
+    """Several points' seed variances as one (their mean; the degrees of freedom of one point,
+    since the points of one pair of runs are not independent)."""
+    if not parts:
+        raise ValueError("nothing to pool")
+    return SeedVariance(float(np.mean([p.variance for p in parts])), min(p.df for p in parts), source)
+
+
+def every_point_verdict(estimates: Mapping[str, Estimate], margin: float = 0.0, alpha: float = 0.025) -> dict:
+    """A claim that must hold at every point ("ahead at every budget"): an intersection-union test.
+
+    *supported* when each point's one-sided test of ``A - B > margin`` rejects at ``alpha``, with no
+    multiplicity correction (the claim fails if any one point fails, so the family-wise error is at
+    most ``alpha``); *not supported* when the test that some point falls short of the margin, a
+    union, rejects after Holm's correction over the points; *undecided* otherwise.
+    """
+    raw = {name: margin_pvalues(e, margin) for name, e in estimates.items()}
+    short = dict(zip(raw, holm([p[1] for p in raw.values()])))
+    if all(p[0] < alpha for p in raw.values()):
+        verdict = "supported"
+    elif any(p < alpha for p in short.values()):
+        verdict = "not supported"
+    else:
+        verdict = "undecided"
+    return {"verdict": verdict, "margin": margin, "p_exceeds_max": max(p[0] for p in raw.values()),
+            "p_short_holm_min": min(short.values())}
+
+
 def margin_pvalues(estimate: Estimate, margin: float) -> tuple[float, float]:
     """One-sided p-values (p_exceeds, p_short) of ``A - B > margin`` and ``A - B < margin``."""
     from scipy import stats
@@ -192,7 +315,8 @@ def margin_pvalues(estimate: Estimate, margin: float) -> tuple[float, float]:
         gap = estimate.difference - margin
         return (0.0 if gap > 0 else 1.0), (0.0 if gap < 0 else 1.0)
     t = (estimate.difference - margin) / estimate.standard_error
-    return float(stats.t.sf(t, estimate.df)), float(stats.t.cdf(t, estimate.df))
+    dist = stats.norm if math.isinf(estimate.df) else stats.t(estimate.df)
+    return float(dist.sf(t)), float(dist.cdf(t))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -233,5 +357,6 @@ def format_estimate(estimate: Estimate, points: bool = True) -> str:
     return (f"{scale * estimate.difference:+.2f} [{scale * estimate.low:+.2f}, {scale * estimate.high:+.2f}]")
 
 
-__all__ = ["Estimate", "VERDICTS", "budget_curve_scores", "budgeted_scores", "format_estimate", "holm", "margin_pvalues",
+__all__ = ["Estimate", "SeedVariance", "VERDICTS", "every_point_verdict", "pooled_seed_variance", "seed_image_estimate",
+           "seed_variance_of", "budget_curve_scores", "budgeted_scores", "format_estimate", "holm", "margin_pvalues",
            "paired_estimate", "scores_at_cost", "scores_over_range", "verdicts"]
