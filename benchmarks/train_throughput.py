@@ -80,7 +80,7 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int)
     import numpy as np
     import tensorflow as tf
 
-    from tf_fusionnet.macs import exit_macs
+    from tf_fusionnet.models.macs import exit_macs
     from tf_fusionnet.presets import build_model
     from tf_fusionnet.training.config import TrainConfig
     from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision
@@ -155,7 +155,7 @@ def run_child(tree: str, preset: str, variant: str | None) -> dict:
 def baseline_macs(tree: str, preset: str) -> int | None:
     """Forward MACs per image of ``preset`` in the baseline tree; None where that tree lacks the preset
     (``ranet-cifar`` is newer than 9aaa325): the preset is then measured in this tree only."""
-    code = ("import sys; from tf_fusionnet.presets import PRESETS, build_model; from tf_fusionnet.macs import "
+    code = ("import sys; from tf_fusionnet.presets import PRESETS, build_model; from tf_fusionnet.models.macs import "
             f"exit_macs; print(exit_macs(build_model({preset!r}))[-1] if {preset!r} in PRESETS else 'absent')")
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, env=_env(),
                           check=True)

@@ -457,6 +457,8 @@ RUNNER_BAD_ARGS = [
     (["--batch_size", "0"], r"--threads and --batch_size must be integers >= 1"),
     (["--precision", "bfloat16"], r"precision 'bfloat16' not in the bundle"),
     (["--budget", "lots"], r"invalid float value"),
+    (["--budget", "30e6", "--latency_budget_ms", "2"], r"--budget and --latency_budget_ms each choose the thresholds"),
+    (["--budget", "30e6", "--thresholds", "0.5,0.5,0"], r"--budget and --thresholds each choose the thresholds"),
 ]
 
 

@@ -16,7 +16,7 @@ PACKAGE = os.path.join(ROOT, "tf_fusionnet")
 FLOORS = [
     # The preset table is architecture arguments (no data), which the models' from_preset reads.
     ("bottom", ["tf_fusionnet.version", "tf_fusionnet.utils", "tf_fusionnet.portable", "tf_fusionnet.console",
-                "tf_fusionnet.exits", "tf_fusionnet.macs", "tf_fusionnet.models", "tf_fusionnet.presets",
+                "tf_fusionnet.exits", "tf_fusionnet.models", "tf_fusionnet.presets",
                 "tf_fusionnet.runtime"]),
     ("data", ["tf_fusionnet.data"]),
     ("the run folder", ["tf_fusionnet.runs"]),

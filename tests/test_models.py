@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tf_fusionnet import FusionNet, MSDNet, build_model, exit_macs, preset_names, trainable_params
-from tf_fusionnet.macs import ancestor_nodes
+from tf_fusionnet.models.macs import ancestor_nodes
 from tf_fusionnet.models.blocks import block_steps, scale_schedule
 
 # Measured with the official MSDNet-PyTorch op_counter, batch 1, 32x32.
@@ -259,7 +259,7 @@ def test_summary_cli_json_and_errors():
     ("msdnet-cifar-fusion", "msdnet-cifar-anytime", {"fusion": True}, 76.96),
 ])
 def test_ablation_presets_change_one_contribution(preset, reference, switch, last_exit_mmacs):
-    from tf_fusionnet.macs import exit_macs
+    from tf_fusionnet.models.macs import exit_macs
 
     model, ref = build_model(preset), build_model(reference)
     config, ref_config = model.get_config(), ref.get_config()

@@ -36,8 +36,8 @@ _EXPORTS = {
     "PRESETS": "tf_fusionnet.presets",
     "build_model": "tf_fusionnet.presets",
     "preset_names": "tf_fusionnet.presets",
-    "exit_macs": "tf_fusionnet.macs",
-    "trainable_params": "tf_fusionnet.macs",
+    "exit_macs": "tf_fusionnet.models.macs",
+    "trainable_params": "tf_fusionnet.models.macs",
     # loading anything this project saves
     "load_model": "tf_fusionnet.loading",
     "LoadError": "tf_fusionnet.loading",
@@ -64,14 +64,30 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def _load_tensorflow_quietly() -> None:
+    """The first name that needs TensorFlow loads it with its C++ start-up log (oneDNN, CUDA probe,
+    ``cuInit`` errors on machines without a GPU) kept off stderr, as the tools do; set
+    TF_FUSIONNET_VERBOSE=1 to see it. A TensorFlow that is already loaded is left alone."""
+    if "tensorflow" in sys.modules:
+        return
+    import os
+
+    from tf_fusionnet.console import import_tensorflow, setup_environment
+
+    setup_environment()
+    import_tensorflow(verbose=os.environ.get("TF_FUSIONNET_VERBOSE", "") not in ("", "0"))
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
+        _load_tensorflow_quietly()
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'tf_fusionnet' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    # The public names only: not the helpers (Any, annotations, importlib) this file imports.
+    return sorted(set(_EXPORTS) | {"__version__"})
 
 
 def _register() -> None:

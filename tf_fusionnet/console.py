@@ -37,15 +37,34 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-__all__ = ["setup_environment", "captured_stderr_fd", "import_tensorflow", "one_line"]
+__all__ = ["setup_environment", "captured_stderr_fd", "import_tensorflow", "one_line", "run_tool", "tool_help"]
 
 
-def run_tool(main, doc: str | None) -> None:
-    """Runs an absl ``main`` as a console entry point (``pyproject.toml``), with the tool's
-    docstring as its ``--help`` text (absl prints ``__main__.__doc__``, which an entry-point
-    wrapper lacks)."""
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+
+def tool_help(doc: str | None, flag_module: str) -> str:
+    """A tool's ``--help``: its docstring, then its own flags with their defaults.
+
+    absl's ``--help`` lists only flags defined in the ``__main__`` module, and the tools define
+    theirs in ``tf_fusionnet.cli`` (so the scripts and the installed commands share them): it
+    showed none, and ``--helpfull`` buried them under absl's own."""
+    from absl import flags
+
+    own = flags.FLAGS.module_help(flag_module).strip()
+    lines = (doc or "").strip().splitlines()
+    return "\n".join(lines + ["", "Flags (default in brackets):", own or "  (none)",
+                               "", "absl's own flags (logging, flagfile): --helpfull"]) + "\n"
+
+
+def run_tool(main, doc: str | None, flag_module: str | None = None) -> None:
+    """Runs an absl ``main`` as a console entry point (``pyproject.toml``) or script, with the
+    tool's docstring and own flags as its ``--help`` (:func:`tool_help`, exit 0)."""
     from absl import app
 
+    if flag_module and any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        sys.stdout.write(tool_help(doc, flag_module))
+        raise SystemExit(0)
     main_module = sys.modules.get("__main__")
     if main_module is not None and not main_module.__doc__:
         main_module.__doc__ = doc

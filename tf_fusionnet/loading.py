@@ -50,6 +50,11 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
     from tf_fusionnet.models.preset_files import is_preset_dir, load_preset
 
     if not os.path.exists(path):
+        from tf_fusionnet.presets import PRESETS
+
+        if path in PRESETS:  # an architecture's name: it has no trained weights to load
+            raise LoadError(f"{path}: no such file or folder; {path!r} names an architecture without trained "
+                            f"weights: build it with tf_fusionnet.{PRESETS[path]['class']}.from_preset({path!r})")
         raise LoadError(f"{path}: no such file or folder")
     if os.path.isdir(path) and is_preset_dir(path):
         model = load_preset(path)

@@ -37,7 +37,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def model_summary(preset: str, num_classes: int = 10, image_shape: Sequence[int] = (32, 32, 3)) -> dict[str, Any]:
     """Builds a preset and returns its per-exit cumulative MACs and parameters."""
-    from tf_fusionnet.macs import exit_macs, trainable_params
+    from tf_fusionnet.models.macs import exit_macs, trainable_params
     from tf_fusionnet.presets import build_model
 
     model = build_model(preset, num_classes=num_classes, image_shape=image_shape)
@@ -62,6 +62,9 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log.")
+
+
 def main(argv: Sequence[str]) -> int:
     from tf_fusionnet.presets import PRESETS
 
@@ -78,6 +81,10 @@ def main(argv: Sequence[str]) -> int:
         shape = parse_shape(FLAGS.input_shape)
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}. Available: {', '.join(PRESETS)}.")
+        from tf_fusionnet.console import import_tensorflow, setup_environment
+
+        setup_environment()
+        import_tensorflow(verbose=FLAGS.verbose)
         summary = model_summary(preset, FLAGS.num_classes, shape)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -83,7 +83,7 @@ def main(argv):
 
 def run() -> None:
     """Console entry point (``pyproject.toml``): the same tool as the script."""
-    run_tool(main, __doc__)
+    run_tool(main, __doc__, __name__)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def main(argv):
     from tf_fusionnet.export.bundle import export_bundle
 
     try:
-        print(f"exporting {FLAGS.run} -> {FLAGS.out}", flush=True)
+        print(f"exporting {_SOURCE or FLAGS.run} -> {FLAGS.out}", flush=True)
         # The TFLite converter logs its MLIR passes to fd 2; kept unless something unexpected fails.
         quiet = contextlib.nullcontext() if FLAGS.verbose else captured_stderr_fd((ValueError, OSError))
         with quiet:
@@ -91,10 +91,16 @@ def main(argv):
     return 0
 
 
+_SOURCE: str | None = None  # what the user named, where --preset exports through a temporary run folder
+
+
 def _export_preset() -> int:
     """--preset: the preset as a temporary run folder, then the run's export."""
     import tempfile
 
+    from tf_fusionnet.console import import_tensorflow
+
+    import_tensorflow(verbose=FLAGS.verbose)  # before the models package loads Keras, so quietly
     from tf_fusionnet.models.preset_files import is_preset_dir
 
     if not is_preset_dir(FLAGS.preset):
@@ -105,9 +111,6 @@ def _export_preset() -> int:
     if FLAGS.thresholds_from == "val":
         print("error: --preset keeps no validation split: use --thresholds_from train or none", file=sys.stderr)
         return 1
-    from tf_fusionnet.console import import_tensorflow
-
-    import_tensorflow(verbose=FLAGS.verbose)
     from tf_fusionnet.data.sources import DataError
     from tf_fusionnet.loading import LoadError, preset_as_run
 
@@ -117,13 +120,14 @@ def _export_preset() -> int:
         except (LoadError, DataError, ValueError, OSError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return 1
-        FLAGS.preset = None
+        global _SOURCE
+        _SOURCE, FLAGS.preset = FLAGS.preset, None
         return main([sys.argv[0]])
 
 
 def run() -> None:
     """Console entry point (``pyproject.toml``): the same tool as the script."""
-    run_tool(main, __doc__)
+    run_tool(main, __doc__, __name__)
 
 
 if __name__ == "__main__":

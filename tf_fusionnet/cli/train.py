@@ -4,7 +4,7 @@
     python train.py --dataset cifar10                 # full recipe: 300 epochs, batch 512
     python train.py --dataset PATH --preset msdnet-cifar-anytime --output runs/msd
 
-Every flag and its default (the paper's recipe): python train.py --helpfull,
+Every flag and its default (the paper's recipe): python train.py --help,
 or tf_fusionnet/training/config.py. Re-running the same command resumes a run.
 """
 
@@ -78,7 +78,7 @@ def main(argv):
 
 def run() -> None:
     """Console entry point (``pyproject.toml``): the same tool as the script."""
-    run_tool(main, __doc__)
+    run_tool(main, __doc__, __name__)
 
 
 if __name__ == "__main__":

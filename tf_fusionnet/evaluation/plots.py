@@ -28,7 +28,9 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    # The legend goes below the axes: inside, it hid points (an exit near the top, a dip of a
+    # budgeted curve) wherever it was put.
+    fig, ax = plt.subplots(figsize=(6.4, 4.4 + 0.22 * len(curves)), dpi=120)
     for curve in curves:
         points = sorted(zip(curve["x"], curve["y"]))
         style = {"color": f"C{curve['color']}"} if "color" in curve else {}
@@ -39,7 +41,8 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1 if len(curves) > 4 else len(curves) or 1,
+              frameon=False, fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

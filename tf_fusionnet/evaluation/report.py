@@ -172,7 +172,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{e['exit']:>4}  {e['macs'] / 1e6:>9.2f}  {100 * e['top1']:>6.2f}%  {100 * e['top5']:>6.2f}%  "
                      f"{e['ece']:>6.3f}")
     pts = summary["budgeted"]
-    lines.append("budgeted batch classification (test; thresholds fitted on validation), every 4th q:")
+    lines.append("budgeted batch classification (test; thresholds fitted on validation so that exit k takes a "
+                 "share of images proportional to q**k, as MSDNet's code does: the smaller q, the more stop early); "
+                 f"every 4th of the {len(pts)} values of q, all in budgeted.csv:")
     lines.append(f"{'q':>5}  {'avg MACs (M)':>12}  {'top-1':>7}")
     for p in pts[::4]:
         lines.append(f"{p['q']:>5.2f}  {p['avg_macs'] / 1e6:>12.2f}  {100 * p['top1']:>6.2f}%")

@@ -29,7 +29,7 @@ from tf_fusionnet.export.stages import (
     run_keras_stages,
     stage_models,
 )
-from tf_fusionnet.macs import exit_macs
+from tf_fusionnet.models.macs import exit_macs
 from tf_fusionnet.models.stage_cut import cut_stages
 
 
@@ -217,6 +217,7 @@ def export_bundle(
             "model_class": run.config.get("model_class"),
             "num_exits": num_exits,
             "input": {"name": "image", "shape": list(data.image_shape), "dtype": "uint8", "layout": "NHWC",
+                      "resize": runtime.DEFAULT_RESIZE,
                       "stage_1_reads": "pixels" if pixels_in else "normalized",
                       "preprocessing": ("stage 1 reads the uint8 pixels and computes x = (pixel - mean) / std "
                                         "per channel in its graph" if pixels_in else

@@ -67,9 +67,44 @@ class PixelClassifier(keras.Model):
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
 
-    def predict_classes(self, pixels: np.ndarray, exit_index: int = -1) -> list:
-        """Class of each image at one exit (default the last): names if known, else indices."""
-        logits = self.predict(np.asarray(pixels), verbose=0)[exit_index]
+    def fit_pixels(self, pixels) -> np.ndarray:
+        """``pixels`` as a batch the network takes: one (H, W, C) image or a batch of them, or a list
+        of images of any sizes; each image of another height or width is fitted to the input by
+        the bundles' rule (a centred crop to the input's aspect ratio, then a bilinear resize:
+        :func:`tf_fusionnet.runtime.fit_to_input`), as the cascade runner does."""
+        from tf_fusionnet.runtime import fit_to_input
+
+        height, width, channels = (int(v) for v in self.input_shape[1:])
+        images = list(pixels) if isinstance(pixels, (list, tuple)) else None
+        if images is None:
+            array = np.asarray(pixels)
+            if array.ndim == 3:
+                array = array[None]
+            if array.ndim != 4:
+                raise ValueError(f"expected one (H, W, {channels}) image or a batch (N, H, W, {channels}), got "
+                                 f"shape {array.shape}")
+            if array.shape[1:3] == (height, width) and array.shape[3] == channels:
+                return array
+            images = list(array)
+        fitted = []
+        for i, image in enumerate(images):
+            image = np.asarray(image)
+            if image.ndim == 2:
+                image = image[..., None]
+            if image.ndim != 3 or image.shape[2] != channels:
+                raise ValueError(f"image {i}: shape {image.shape}, the model takes {channels} channel(s)")
+            if image.shape[:2] != (height, width):
+                if image.dtype != np.uint8:
+                    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+                image = fit_to_input(image, height, width)[0]
+            fitted.append(image)
+        return np.stack(fitted)
+
+    def predict_classes(self, pixels, exit_index: int = -1) -> list:
+        """Class of each image at one exit (default the last): names if known, else indices.
+
+        ``pixels``: 0-255 images of any size (:meth:`fit_pixels`): one image, a batch, or a list."""
+        logits = self.predict(self.fit_pixels(pixels), verbose=0)[exit_index]
         indices = np.argmax(logits, axis=-1)
         return [self.class_names[i] for i in indices] if self.class_names else indices.tolist()
 

@@ -46,8 +46,9 @@ def is_preset_dir(path: str) -> bool:
 
 def preset_metadata(model: keras.Model) -> dict[str, Any]:
     """The metadata.json of ``model`` (a network or a :class:`PixelClassifier`)."""
+    from tf_fusionnet.runtime.portable import DEFAULT_RESIZE
     from tf_fusionnet.version import __version__
-    from tf_fusionnet.macs import exit_macs, trainable_params
+    from tf_fusionnet.models.macs import exit_macs, trainable_params
     # A PixelClassifier (the network with its normalisation) wraps a network: told by that, not
     # by its class, so that this module needs none of the classes it saves.
     pixels = isinstance(getattr(model, "network", None), keras.Model)
@@ -66,6 +67,8 @@ def preset_metadata(model: keras.Model) -> dict[str, Any]:
         "num_exits": len(network.outputs),
         "class_names": model.class_names if pixels else None,
         "normalization": {"mean": model.mean, "std": model.std} if pixels else None,
+        # How predict_classes fits an image of another size (tf_fusionnet.runtime.fit_to_input).
+        "resize": DEFAULT_RESIZE if pixels else None,
         "exit_macs": [int(v) for v in exit_macs(network)],
         "trainable_params": int(trainable_params(network)),
     }

@@ -22,10 +22,11 @@ from .manifest import (FORMAT_VERSION, MANIFEST, MANIFEST_DIGEST, READABLE_FORMA
                        RUNTIME_FOLDER, RUNTIME_MODULES, BundleError, bundle_path, check_stage, decode_thresholds,
                        encode_thresholds, entry_for_budget, is_bundle_name, load_manifest, reads_pixels, sha256_file,
                        validate_manifest, verify_files)
+from .portable import DEFAULT_RESIZE, RESIZE_MODES, fit_to_input
 from .quantization import dequantize, quantize, same_quantization
 from .runner import CLASSIFY_BATCH, CascadeRunner
 
-__all__ = ["CLASSIFY_BATCH", "FORMAT_VERSION", "MANIFEST", "MANIFEST_DIGEST", "READABLE_FORMAT_VERSIONS",
+__all__ = ["CLASSIFY_BATCH", "DEFAULT_RESIZE", "RESIZE_MODES", "fit_to_input", "FORMAT_VERSION", "MANIFEST", "MANIFEST_DIGEST", "READABLE_FORMAT_VERSIONS",
            "RUNTIME_FILES", "RUNTIME_FOLDER", "RUNTIME_MODULES", "BundleError", "CascadeRunner", "RunningSummary",
            "bundle_path", "check_stage", "classify_batches", "classify_files", "console_main", "decode_thresholds",
            "dequantize", "encode_thresholds", "entry_for_budget", "is_bundle_name", "iter_images", "load_manifest",

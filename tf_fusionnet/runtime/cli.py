@@ -17,10 +17,12 @@ from .manifest import BundleError
 from .runner import CascadeRunner
 
 
-def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
-    """Decodes an image file into uint8 (H, W, C) under the training loader's mode rule.
+def read_image(path: str, shape, resize: str = portable.DEFAULT_RESIZE) -> tuple[np.ndarray, bool, bool]:
+    """Decodes an image file into uint8 (H, W, C) under the training loader's mode rule, fitted to
+    the model's input size by the bundle's ``resize`` rule (:func:`portable.fit_to_input`).
 
-    Returns the array and whether the image had to be converted to the model's channels.
+    Returns the array, whether the image had to be converted to the model's channels, and
+    whether it was resized.
     """
     try:
         from PIL import Image
@@ -35,10 +37,11 @@ def read_image(path: str, shape) -> tuple[np.ndarray, bool]:
         raise BundleError(f"{path}: {error}") from None
     except Exception as error:
         raise BundleError(f"{path}: not a readable image ({error})") from None
-    if array.shape != tuple(shape):
-        raise BundleError(f"{path}: image is {'x'.join(map(str, array.shape))} (HxWxC), the model takes "
-                          f"{'x'.join(map(str, shape))}")
-    return array, converted
+    try:
+        fitted, resized = portable.fit_to_input(array, int(shape[0]), int(shape[1]), resize)
+    except ValueError as error:
+        raise BundleError(f"{path}: {error}") from None
+    return fitted, converted, resized
 
 
 def iter_images(paths, on_error=None) -> Iterator[str]:
@@ -80,6 +83,7 @@ class RunningSummary:
         self.total_macs = 0.0
         self.exit_counts = [0] * num_exits
         self.converted = 0
+        self.resized = 0
         self.deadline_hits = 0
         self.unreadable = 0
         self.labelled = self.correct = 0
@@ -108,7 +112,7 @@ class RunningSummary:
         summary = {"images": self.count, "mean_ms": self.total_ms / n, "mean_macs": self.total_macs / n,
                    "images_per_s": self.count / max(1e-9, time.perf_counter() - self.started),
                    "exit_counts": list(self.exit_counts), "deadline_hits": self.deadline_hits,
-                   "converted": self.converted, "unreadable": self.unreadable}
+                   "converted": self.converted, "resized": self.resized, "unreadable": self.unreadable}
         if self.labelled:
             summary.update(labelled=self.labelled, top1=self.correct / self.labelled)
         return summary
@@ -124,6 +128,8 @@ class RunningSummary:
             text += f"; {self.deadline_hits} answered at the deadline"
         if self.converted:
             text += f"; {self.converted} converted to {channels} channel(s)"
+        if self.resized:
+            text += f"; {self.resized} fitted to the input size"
         if self.unreadable:
             text += f"; {self.unreadable} unreadable (named above)"
         return text
@@ -186,11 +192,13 @@ def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: in
         if chunk:
             yield from _read_all(chunk)
 
+    said_resized: list[str] = []
+
     def _read_all(paths):
         names, images = [], []
         for path in paths:
             try:
-                array, converted = read_image(path, runner.input_shape)
+                array, converted, resized = read_image(path, runner.input_shape, runner.resize)
             except BundleError as error:
                 if on_error is None:
                     raise
@@ -202,6 +210,12 @@ def classify_files(runner: "CascadeRunner", files: Iterable[str], batch_size: in
             images.append(array)
             if summary is not None:
                 summary.converted += converted
+                summary.resized += resized
+            if resized and not said_resized:
+                said_resized.append(path)
+                h, w = runner.input_shape[:2]
+                print(f"note: images of another size are fitted to the model's {h}x{w} input: a centred crop to "
+                      f"its aspect ratio, then a bilinear resize ({runner.resize}; first: {path})", file=sys.stderr)
         if images:
             yield names, np.stack(images)
 
@@ -258,6 +272,10 @@ def main(argv=None, default_bundle: str | None = None) -> int:
         _positive("--deadline_ms", args.deadline_ms, allow_zero=True)
         if args.threads < 1 or args.batch_size < 1:
             raise BundleError("--threads and --batch_size must be integers >= 1")
+        chosen_rules = [name for name, value in (("--budget", args.budget), ("--thresholds", args.thresholds),
+                                                 ("--latency_budget_ms", args.latency_budget_ms)) if value is not None]
+        if len(chosen_rules) > 1:  # each sets the thresholds; a second would be ignored without a word
+            raise BundleError(f"{' and '.join(chosen_rules)} each choose the thresholds: give one of them")
         thresholds = None
         if args.thresholds:
             try:

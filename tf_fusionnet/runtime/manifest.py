@@ -10,7 +10,7 @@ import math
 import os
 import stat
 
-from .portable import sha256_file
+from .portable import RESIZE_MODES, sha256_file
 
 
 MANIFEST = "manifest.json"
@@ -132,6 +132,8 @@ def validate_manifest(manifest) -> None:
     reads = manifest["input"].get("stage_1_reads", "normalized" if version < 4 else None)
     if reads not in STAGE_1_READS:
         _fail("input.stage_1_reads", f"must be one of {', '.join(STAGE_1_READS)}")
+    if manifest["input"].get("resize", RESIZE_MODES[0]) not in RESIZE_MODES:
+        _fail("input.resize", f"must be one of {', '.join(RESIZE_MODES)}")
     names = manifest.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         _fail("class_names", "must be a list of strings or null")

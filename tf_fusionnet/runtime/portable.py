@@ -33,6 +33,51 @@ _NATURAL_CHANNELS = {
 }
 
 
+# How an image of another size reaches the model's input (the manifest's ``input.resize``, a
+# preset's too): "center_crop_bilinear" crops the largest centred region of the input's aspect
+# ratio, then resizes it with Pillow's bilinear filter, which widens its support when shrinking
+# (antialiased: a 640x480 photo is averaged down, not sampled); the crop keeps a 4:3 photo from being
+# squashed into a square input. "none": other sizes are refused.
+RESIZE_MODES = ("center_crop_bilinear", "none")
+DEFAULT_RESIZE = "center_crop_bilinear"
+
+
+def fit_to_input(array: np.ndarray, height: int, width: int, mode: str = DEFAULT_RESIZE) -> tuple[np.ndarray, bool]:
+    """uint8 (H, W, C) image as the model's (height, width, C) input under ``mode``; whether it changed.
+
+    The crop box is ``ImageOps.fit``'s (the largest centred box of the input's aspect ratio, on
+    whole pixels); the crop is taken before the resize, not through ``resize(box=...)`` as
+    ``ImageOps.fit`` does, whose filter then reads pixels outside the box: the web page's canvas
+    crops the same way, so both resize the same pixels.
+    """
+    if array.shape[:2] == (height, width):
+        return array, False
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    if mode == "none":
+        raise ValueError(f"image is {'x'.join(map(str, array.shape))} (HxWxC), the model takes "
+                         f"{height}x{width}x{array.shape[2]} and this model does not resize")
+    from PIL import Image
+
+    left, top, right, bottom = center_crop_box(array.shape[1], array.shape[0], width, height)
+    channels = array.shape[2]
+    cropped = np.ascontiguousarray(array[top:bottom, left:right])
+    img = Image.fromarray(cropped[..., 0] if channels == 1 else cropped, CHANNEL_MODES[channels])
+    fitted = np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.uint8)
+    return (fitted[..., None] if fitted.ndim == 2 else fitted), True
+
+
+def center_crop_box(in_width: int, in_height: int, out_width: int, out_height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom): the largest centred box of the output's aspect ratio, on whole pixels."""
+    if in_width * out_height > in_height * out_width:  # wider than the output: crop the sides
+        width = max(1, round(in_height * out_width / out_height))
+        left = (in_width - width) // 2
+        return left, 0, left + width, in_height
+    height = max(1, round(in_width * out_height / out_width))
+    top = (in_height - height) // 2
+    return 0, top, in_width, top + height
+
+
 class ImageModeError(ValueError):
     """An image whose mode the rule does not cover; the message is for the user."""
 
@@ -157,6 +202,10 @@ def image_to_array(img, channels: int) -> tuple[np.ndarray, bool]:
 
 
 __all__ = [
+    "DEFAULT_RESIZE",
+    "RESIZE_MODES",
+    "fit_to_input",
+    "center_crop_box",
     "captured_stderr_fd",
     "IMAGE_EXTENSIONS",
     "CHANNEL_MODES",

@@ -60,6 +60,7 @@ class CascadeRunner(StageChain, LatencyControl, ServerMode):
         # The bundle's exit k is the model's exit model_exits[k-1] (a bundle may keep some exits only).
         self.model_exits = list(self.manifest.get("model_exits", range(1, len(files) + 1)))
         self.input_shape = tuple(self.manifest["input"]["shape"])
+        self.resize = self.manifest["input"].get("resize", portable.DEFAULT_RESIZE)  # absent before format 6
         # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2 when it loads and first
         # runs a model; one chained warm-up pass here keeps that (and first-call latency) out of use.
         self.reads_pixels = reads_pixels(self.manifest)

@@ -284,7 +284,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
     import keras
 
     from tf_fusionnet.data.pipeline import AugmentConfig, make_eval_dataset, make_train_dataset, normalization_stats
-    from tf_fusionnet.macs import exit_macs
+    from tf_fusionnet.models.macs import exit_macs
     from tf_fusionnet.presets import build_model
     from tf_fusionnet.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, EpochCSVLog,
                                                  StopOnNonFiniteLoss)
