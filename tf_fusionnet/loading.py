@@ -49,6 +49,16 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
     from tf_fusionnet.models.pixels import PixelClassifier
     from tf_fusionnet.models.preset_files import is_preset_dir, load_preset
 
+    from tf_fusionnet.presets import trained_presets
+
+    if not os.path.exists(path) and path in trained_presets():  # a shipped trained preset, by name
+        from tf_fusionnet.models.preset_files import PresetError
+
+        try:
+            model = load_preset(path)
+        except PresetError as error:
+            raise LoadError(str(error)) from None
+        return model.network if not pixels and isinstance(model, PixelClassifier) else model
     if not os.path.exists(path):
         from tf_fusionnet.presets import PRESETS
 
@@ -122,9 +132,11 @@ def _load_keras_file(path: str, compile: bool):
 def preset_as_run(preset_dir: str, run_dir: str, dataset: str | None = None) -> str:
     """Writes a run folder for a trained preset, so the run-based tools (export) read it.
 
-    The run's data is ``dataset`` (default: the dataset the preset's run recorded); all of its
-    training images are the training split (a preset keeps no validation split), so budget
-    thresholds come from training images (``--thresholds_from train``) or are left out.
+    The run's data is ``dataset``; without it, the dataset the preset's run recorded only where
+    that is a name (sample, cifar10, cifar100): a preset is a file someone hands over, and a path
+    in it is never read (it could name any folder on this machine). All of the data's training
+    images are the training split (a preset keeps no validation split), so budget thresholds
+    come from training images (``--thresholds_from train``) or are left out.
     """
     from tf_fusionnet.data.sources import load_dataset
     from tf_fusionnet.data.split import SPLIT_FILE, save_split
@@ -138,7 +150,11 @@ def preset_as_run(preset_dir: str, run_dir: str, dataset: str | None = None) -> 
                         "(save_to_preset of a loaded run) can be exported")
     metadata = {**preset_metadata(model), **model.preset_metadata}
     train = dict(metadata.get("train") or {})
-    train["dataset"] = dataset or train.get("dataset") or "sample"
+    recorded = train.get("dataset") or "sample"
+    if not dataset and recorded not in ("sample", "cifar10", "cifar100"):
+        raise LoadError(f"{preset_dir}: trained on {os.path.basename(str(recorded))!r}, a file a preset may not point "
+                        "this tool to; pass --dataset with your copy of that data")
+    train["dataset"] = dataset or recorded
     data = load_dataset(train["dataset"], train.get("tfds_data_dir") or None,
                         tuple(int(v) for v in train["image_size"].split(",")) if train.get("image_size") else None,
                         channels=int(train.get("channels", 0)))

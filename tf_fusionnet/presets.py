@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
+import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -149,3 +151,59 @@ def build_model(
     class_name = PRESETS[preset]["class"]
     cls = getattr(importlib.import_module(MODEL_CLASSES[class_name]), class_name)
     return cls(num_classes=num_classes, image_shape=tuple(image_shape), **config)
+
+
+# Trained presets (issue 45): keras-hub preset folders with weights, shipped inside the package
+# (tf_fusionnet/pretrained/, package data) so that from_preset(NAME) works offline after a pip
+# install, wherever it runs; TF_FUSIONNET_PRESETS names further folders of the same layout
+# (os.pathsep-separated; searched first).
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+PRETRAINED_INDEX = "index.json"
+PRETRAINED_FORMAT = "tf_fusionnet.pretrained"
+PRESETS_ENV = "TF_FUSIONNET_PRESETS"
+WHERE_TO_GET = ("trained presets ship with tf_fusionnet's source (tf_fusionnet/pretrained/ in its repository: "
+                "pip install from a clone, or set TF_FUSIONNET_PRESETS to a folder that holds it)")
+
+
+def pretrained_folders() -> list[str]:
+    """The folders searched for trained presets, first match wins."""
+    extra = [p for p in os.environ.get(PRESETS_ENV, "").split(os.pathsep) if p]
+    return extra + [PRETRAINED_DIR]
+
+
+def _read_index(folder: str) -> dict[str, dict[str, Any]]:
+    path = os.path.join(folder, PRETRAINED_INDEX)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        from tf_fusionnet.utils import read_json_limited
+
+        index = read_json_limited(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from None
+    if not isinstance(index, dict) or index.get("format") != PRETRAINED_FORMAT or not isinstance(
+            index.get("presets"), dict):
+        raise ValueError(f"{path}: not an index of trained presets (format {PRETRAINED_FORMAT!r})")
+    return {str(k): v for k, v in index["presets"].items() if isinstance(v, dict)}
+
+
+def trained_presets() -> dict[str, dict[str, Any]]:
+    """Every trained preset the index files promise: name -> its entry, with ``folder`` (where its
+    files are, or should be)."""
+    found: dict[str, dict[str, Any]] = {}
+    for folder in reversed(pretrained_folders()):  # the first folder's entries win
+        for name, entry in _read_index(folder).items():
+            found[name] = {**entry, "folder": os.path.join(folder, name)}
+    return found
+
+
+def trained_preset_dir(name: str) -> str | None:
+    """The folder of a trained preset, None for a name no index promises; ValueError (one line,
+    where to get it) for a promised preset whose files are missing."""
+    entry = trained_presets().get(name)
+    if entry is None:
+        return None
+    folder = entry["folder"]
+    if not os.path.isfile(os.path.join(folder, "model.weights.h5")):
+        raise ValueError(f"{name}: trained preset not installed here (no {folder}); {WHERE_TO_GET}")
+    return folder

@@ -65,12 +65,35 @@ def format_table(summary: dict[str, Any]) -> str:
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log.")
 
 
+def trained_table() -> str:
+    """The trained presets (weights shipped; ``tf_fusionnet.load_model(NAME)``): data, and test top-1
+    and cumulative MACs of the first and last exit."""
+    from tf_fusionnet.presets import trained_presets
+
+    try:
+        trained = trained_presets()
+    except ValueError as error:
+        return f"trained presets: {error}"
+    if not trained:
+        return "trained presets (weights shipped): none yet"
+    lines = ["trained presets (weights shipped; tf_fusionnet.load_model(NAME)):",
+             f"  {'name':24s} {'class':10s} {'data':24s} {'first exit':>18s} {'last exit':>18s}"]
+    for name, e in trained.items():
+        first, last = e.get("first_exit", {}), e.get("last_exit", {})
+        cell = lambda x: f"{100 * x['top1']:.2f}% @ {x['macs'] / 1e6:.1f}M" if x else "-"
+        lines.append(f"  {name:24s} {e.get('class', '?'):10s} {str(e.get('data', '?'))[:24]:24s} {cell(first):>18s} "
+                     f"{cell(last):>18s}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str]) -> int:
     from tf_fusionnet.presets import PRESETS
 
     if FLAGS.list:
+        print("architectures (fresh weights; Class.from_preset(NAME, num_classes=...)):")
         for name, preset in PRESETS.items():
-            print(f"{name:24s} {preset['description']}")
+            print(f"  {name:32s} {preset['description']}")
+        print(trained_table())
         return 0
     if len(argv) != 2:
         print("usage: python -m tf_fusionnet.summary PRESET [--num_classes N] "

@@ -112,3 +112,51 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+JSON_MAX_BYTES = 16 * 2**20  # run configs, presets, manifests and indexes are kilobytes
+JSON_MAX_DEPTH = 64  # the project's files nest a few levels; Python's parser recurses per level
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in JSON text, brackets inside strings not counted (a linear
+    scan, so a hostile file is measured before the recursive parser sees it)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_json_limited(path: str, max_bytes: int = JSON_MAX_BYTES, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """A JSON file the project did not write itself, read with limits before parsing: at most
+    ``max_bytes`` and ``max_depth`` levels; ValueError with one line naming the file otherwise
+    (a file of nested brackets would make ``json.load`` raise RecursionError)."""
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size:,} bytes, more than the {max_bytes:,} a file of this kind may have")
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if json_depth(text) > max_depth:
+        raise ValueError(f"{path}: JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None

@@ -102,7 +102,15 @@ def _export_preset() -> int:
 
     import_tensorflow(verbose=FLAGS.verbose)  # before the models package loads Keras, so quietly
     from tf_fusionnet.models.preset_files import is_preset_dir
+    from tf_fusionnet.presets import trained_preset_dir
 
+    named = FLAGS.preset
+    if not os.path.isdir(FLAGS.preset):  # a shipped trained preset, by name (issue 45)
+        try:
+            FLAGS.preset = trained_preset_dir(FLAGS.preset) or FLAGS.preset
+        except ValueError as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 1
     if not is_preset_dir(FLAGS.preset):
         print(f"error: --preset {FLAGS.preset}: not a preset folder (written by save_to_preset)", file=sys.stderr)
         return 1
@@ -121,7 +129,7 @@ def _export_preset() -> int:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return 1
         global _SOURCE
-        _SOURCE, FLAGS.preset = FLAGS.preset, None
+        _SOURCE, FLAGS.preset = named, None
         return main([sys.argv[0]])
 
 

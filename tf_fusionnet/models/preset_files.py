@@ -120,6 +120,17 @@ def load_preset(preset: str, load_weights: bool = True, **overrides: Any) -> ker
         **overrides: for a name, constructor arguments (``num_classes=100``); a folder takes none.
     """
     # The classes are registered for safe_mode by tf_fusionnet.models, imported with this module.
+    if not os.path.isdir(preset):
+        from tf_fusionnet.presets import trained_preset_dir
+
+        try:
+            shipped = trained_preset_dir(preset)  # a trained preset's name (issue 45)
+        except ValueError as error:
+            raise PresetError(str(error)) from None
+        if shipped is not None:
+            if overrides:
+                raise PresetError(f"{preset}: a trained preset takes no overrides (got {', '.join(sorted(overrides))})")
+            preset = shipped
     if os.path.isdir(preset):
         if overrides:
             raise PresetError(f"{preset}: a preset folder takes no overrides (got {', '.join(sorted(overrides))})")
@@ -141,7 +152,12 @@ def load_preset(preset: str, load_weights: bool = True, **overrides: Any) -> ker
             raise PresetError(f"{preset}: {PRESET_CONFIG} does not build a model ({str(error).splitlines()[0][:200]})"
                               ) from None
         if load_weights:
-            model.load_weights(os.path.join(preset, PRESET_WEIGHTS))
+            weights = os.path.join(preset, PRESET_WEIGHTS)
+            # A preset is handed over like a bundle: its weights must be its own file, not a link out.
+            inside = os.path.realpath(preset) + os.sep
+            if os.path.islink(weights) and not os.path.realpath(weights).startswith(inside):
+                raise PresetError(f"{preset}: {PRESET_WEIGHTS} is a link leaving the preset folder; refusing it")
+            model.load_weights(weights)
         known = set(preset_metadata(model))
         if hasattr(model, "preset_metadata"):
             model.preset_metadata = {k: v for k, v in metadata.items() if k not in known}
@@ -150,7 +166,10 @@ def load_preset(preset: str, load_weights: bool = True, **overrides: Any) -> ker
 
     if preset in PRESETS:
         return build_model(preset, **overrides)
-    raise PresetError(f"{preset!r}: neither a preset folder nor a preset name ({', '.join(PRESETS)})")
+    from tf_fusionnet.presets import trained_presets
+
+    names = list(PRESETS) + list(trained_presets())
+    raise PresetError(f"{preset!r}: neither a preset folder nor a preset name ({', '.join(names)})")
 
 
 __all__ = ["PRESET_FILES", "PresetError", "is_preset_dir", "load_preset", "preset_metadata", "save_preset"]
