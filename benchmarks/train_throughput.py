@@ -49,7 +49,8 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list("presets", ["msdnet-cifar-anytime", "fusionnet-cifar", "ranet-cifar"], "Presets.")
 flags.DEFINE_string("baseline", "9aaa325", "Commit to compare with ('' to skip).")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
-flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics, +speN.")
+flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics, +speN, "
+                  "+tINTERxINTRA (its own thread pools, e.g. +t2x1; 0 is TensorFlow's choice).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_integer("steps", 12, "Timed steps.")
@@ -70,8 +71,10 @@ REAL_RECIPE = ["--batch_size", "128", "--lr", "0.05", "--warmup_epochs", "1", "-
 def parse_variant(variant: str) -> dict:
     parts = variant.split("+")
     spe = [int(p[3:]) for p in parts[1:] if p.startswith("spe") and p[3:].isdigit()]
+    threads = [p[1:] for p in parts[1:] if p.startswith("t") and "x" in p]
     return {"precision": parts[0], "jit_compile": "on" if "xla" in parts[1:] else "off",
-            "metrics": "nometrics" not in parts[1:], "steps_per_execution": spe[0] if spe else 1}
+            "metrics": "nometrics" not in parts[1:], "steps_per_execution": spe[0] if spe else 1,
+            "threads": threads[0] if threads else None}
 
 
 def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int) -> dict:
@@ -141,6 +144,8 @@ def run_child(tree: str, preset: str, variant: str | None) -> dict:
     threads = FLAGS.threads
     if threads == "own" and variant is None:
         threads = BASELINE_DEFAULT_THREADS
+    if variant is not None and parse_variant(variant)["threads"]:  # +tINTERxINTRA: this variant's own
+        threads = parse_variant(variant)["threads"]
     cmd = [sys.executable, os.path.join(tree, "benchmarks", "train_throughput.py"), "--child",
            f"--presets={preset}", f"--threads={threads}", f"--batch_size={FLAGS.batch_size}",
            f"--steps={FLAGS.steps}", f"--warmup_steps={FLAGS.warmup_steps}"]

@@ -70,6 +70,7 @@ def test_the_paper_plan_runs_the_issue_s_recipes_in_order():
     assert flag(cmd, "--batch_size") == "512" and flag(cmd, "--lr") == "0.1" and flag(cmd, "--warmup_epochs") == "20"
     assert flag(cmd, "--mix_prob") == "1.0" and flag(cmd, "--precision") == "machine"
     assert flag(cmd, "--val_size") == "5000" and "--label_smoothing" not in cmd  # train.py's default, 0.1
+    assert flag(cmd, "--intra_op_threads") == "2" and "--intra_op_threads" not in train_command(jobs[1], s, "/work")
     official = train_command(jobs[4], s, "/work")
     assert flag(official, "--batch_size") == "64" and flag(official, "--warmup_epochs") == "0"
     assert flag(official, "--lr_schedule") == "step" and flag(official, "--lr_milestones") == "150,225"

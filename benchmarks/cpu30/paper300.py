@@ -48,6 +48,14 @@ PILOT_NAME = "bf16-pilot-fusionnet-cifar-30ep"
 OFFICIAL_RECIPE = ("--lr_schedule", "step", "--lr_milestones", "150,225", "--label_smoothing", "0")
 
 
+# Thread pools per model at batch 512 in bfloat16, measured side by side on the 2-core Intel Xeon
+# (AMX) these runs started on: FusionNet 282-284 img/s with 2 intra-op threads against 229-247
+# with train.py's auto (2 inter x 1 intra); MSDNet 202-208 with auto against 170-181
+# (benchmarks/results/train_threads_batch512.json). Thread settings do not change what is
+# computed, and a resumed run may take others (train.py's RESUMABLE_KEYS).
+THREADS = {"fusionnet-cifar": ("--inter_op_threads", "2", "--intra_op_threads", "2")}
+
+
 def data_path(name: str, data_dir: str = DATA_DIR) -> str:
     return os.path.abspath(os.path.join(data_dir, DATASETS[name]))
 
@@ -70,7 +78,7 @@ def paper_jobs(precision: str, data_dir: str = DATA_DIR, smoke: bool = False) ->
     def paper(preset: str, dataset: str, seed: int, phase: str) -> Job:
         tag = "c100" if dataset == "cifar100" else "c10"
         return Job(f"{preset}-{tag}-{epochs}ep-seed{seed}", phase, preset, epochs, seed, 0.1 * batch / 512, 1.0,
-                   data=data(dataset), batch=batch, precision=precision)
+                   data=data(dataset), batch=batch, precision=precision, recipe=THREADS.get(preset, ()))
 
     jobs = [paper(p, "cifar100", 0, "cifar100") for p in models]
     jobs += [paper(p, "cifar10", 0, "cifar10") for p in models]
