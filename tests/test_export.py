@@ -328,8 +328,8 @@ def test_runner_refuses_bad_input(bundle, tmp_path):
 
     small = tmp_path / "small.png"
     Image.new("RGB", (16, 16)).save(small)
-    wrong = _run_cli(bundle["bundle"], str(small))
-    assert wrong.returncode == 1 and "16x16x3" in wrong.stderr
+    fitted = _run_cli(bundle["bundle"], str(small))  # any size: fitted to the input, and said so
+    assert fitted.returncode == 0 and "1 fitted to the input size" in fitted.stdout
     gray = tmp_path / "gray.png"
     Image.new("L", (32, 32)).save(gray)
     converted = _run_cli(bundle["bundle"], str(gray))  # training's rule: grey -> RGB, and said so

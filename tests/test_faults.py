@@ -488,7 +488,23 @@ def test_runner_bad_images(work, capsys, kind):
     elif kind == "wrong size":
         path += ".png"
         Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
-        pattern = r"image is 64x64x3 \(HxWxC\), the model takes 32x32x3"
+        # A bundle resizes unless its manifest says it must not (input.resize "none").
+        manifest_path = os.path.join(work["bundle"], "manifest.json")
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        manifest["input"]["resize"] = "none"
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f)
+        import hashlib
+
+        digest_path = os.path.join(work["bundle"], "manifest.sha256")
+        with open(digest_path) as f:
+            old = f.read()
+        with open(manifest_path, "rb") as f:
+            new = hashlib.sha256(f.read()).hexdigest()
+        with open(digest_path, "w") as f:
+            f.write(old.replace(old.split()[0], new))
+        pattern = r"image is 64x64x3 \(HxWxC\), the model takes 32x32x3 and this model does not resize"
     elif kind == "missing":
         pattern = r"no such file or folder"
     else:
