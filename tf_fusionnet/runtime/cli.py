@@ -236,7 +236,24 @@ def _positive(name: str, value, allow_zero: bool = False):
 
 def main(argv=None, default_bundle: str | None = None) -> int:
     """The command line; ``default_bundle``: the folder ``--bundle`` defaults to (the bundle whose
-    ``cascade_runner.py`` runs; the runtime package's parent folder otherwise)."""
+    ``cascade_runner.py`` runs; the runtime package's parent folder otherwise).
+
+    A closed stdout is refused (Python would drop every answer silently); a reader that goes away
+    (``| head -1``) ends the run quietly with status 1."""
+    if sys.stdout is None:
+        if sys.stderr is not None:
+            print("error: standard output is closed; the answers would be lost", file=sys.stderr)
+        return 2
+    try:
+        return _main(argv, default_bundle)
+    except BrokenPipeError:
+        # Python would print a traceback when it flushes stdout at exit: point stdout at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv=None, default_bundle: str | None = None) -> int:
     parser = _Parser(description="Early-exit classification with a tf_fusionnet TFLite bundle. Without "
                      "--budget, --thresholds or --latency_budget_ms every image is answered by the last exit "
                      "(no early exit). An image that cannot be read is reported on its own stderr line and "
@@ -263,7 +280,7 @@ def main(argv=None, default_bundle: str | None = None) -> int:
 
     def report(message: str) -> None:
         failures.append(message)
-        print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+        print("error: " + portable.display_name(" ".join(message.split())), file=sys.stderr, flush=True)
 
     try:
         args = parser.parse_args(argv)
@@ -284,7 +301,11 @@ def main(argv=None, default_bundle: str | None = None) -> int:
                 raise BundleError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
         runner = CascadeRunner(args.bundle, args.precision, args.threads, args.budget, thresholds,
                                expect_manifest_sha256=args.expect_manifest_sha256)
-        runner.timing_cache = os.path.join(args.bundle, f"latency_{args.precision}_{args.threads}t.json")
+        # Timings are measured on this machine (the key names it). A pinned bundle reads none
+        # from its folder: a timing file is not covered by the pin, and a planted one would steer
+        # --latency_budget_ms and --deadline_ms.
+        runner.timing_cache = (None if args.expect_manifest_sha256 else
+                               os.path.join(args.bundle, f"latency_{args.precision}_{args.threads}t.json"))
         if args.latency_budget_ms is not None:
             chosen = runner.use_latency_budget(args.latency_budget_ms)
             if not args.json:
@@ -300,7 +321,7 @@ def main(argv=None, default_bundle: str | None = None) -> int:
             if args.json:
                 print(json.dumps(r))
             else:
-                print(f"{r['file']}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
+                print(f"{portable.display_name(r['file'])}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
                       f"{r['macs'] / 1e6:.2f}M MACs, {r['ms']:.2f} ms")
         if summary.count == 0:
             if failures:

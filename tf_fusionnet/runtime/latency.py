@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from . import portable
 from .confidence import _last_exit_answers
 from .manifest import BundleError, decode_thresholds
 
@@ -85,9 +86,9 @@ class LatencyControl:
         if getattr(self, "_timings", None) is not None:
             return self._timings
         cache = cache or getattr(self, "timing_cache", None)
-        key = (f"{self.precision}:{self.threads}:"
+        key = (f"{self.precision}:{self.threads}:{portable.machine_key()}:"
                f"{self.manifest['sha256'][self.manifest['precisions'][self.precision]['stages'][0]]}")
-        if cache and os.path.isfile(cache) and not os.path.islink(cache):
+        if cache and os.path.isfile(cache) and not os.path.islink(cache) and os.path.getsize(cache) < 1 << 16:
             try:
                 with open(cache) as f:
                     stored = json.load(f)
@@ -95,8 +96,8 @@ class LatencyControl:
                     self._timings = {"exit_ms": [float(v) for v in stored["exit_ms"]],
                                      "stage_cost_ms": [float(v) for v in stored["stage_cost_ms"]]}
                     return self._timings
-            except (OSError, ValueError, TypeError, KeyError, AttributeError):
-                pass  # unreadable or foreign: measured again and rewritten below
+            except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                pass  # unreadable, foreign or another machine's: measured again and rewritten below
         image = np.zeros((1,) + self.input_shape, np.uint8)
         saved = self._thresholds, self._mix, self._mix_credit, self._latency
         samples = []

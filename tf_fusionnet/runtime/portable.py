@@ -78,6 +78,33 @@ def center_crop_box(in_width: int, in_height: int, out_width: int, out_height: i
     return 0, top, in_width, top + height
 
 
+def display_name(name: str) -> str:
+    """A file name as text that cannot forge output: bytes that are not UTF-8 (kept by Python as
+    surrogates) become \\xNN, control characters (a newline in a name) their escapes."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def machine_key() -> str:
+    """A short digest of what decides this machine's speed (CPU model and flags, cores, architecture),
+    so that timings measured on one machine are never taken for another's."""
+    import platform
+
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model") and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    text = "|".join([platform.machine(), platform.processor(), model, flags, str(os.cpu_count())])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class ImageModeError(ValueError):
     """An image whose mode the rule does not cover; the message is for the user."""
 
@@ -206,6 +233,8 @@ __all__ = [
     "RESIZE_MODES",
     "fit_to_input",
     "center_crop_box",
+    "display_name",
+    "machine_key",
     "captured_stderr_fd",
     "IMAGE_EXTENSIONS",
     "CHANNEL_MODES",
