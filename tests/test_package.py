@@ -133,8 +133,11 @@ def test_pip_install_then_the_tutorial_runs_outside_the_checkout_and_its_bundle_
 
     blocks = _tutorial_blocks()
     assert [kind for kind, _ in blocks].count("python") >= 4
-    shutil.copy(os.path.join(ROOT, "tf_fusionnet", "data", "cifar10_sample", "test", "bird", "0014.jpg"),
-                work / "photo.jpg")
+    from PIL import Image
+
+    # A photo as a phone gives it: 640x480, not the model's 32x32 (the runner fits it to the input).
+    with Image.open(os.path.join(ROOT, "tf_fusionnet", "data", "cifar10_sample", "test", "bird", "0014.jpg")) as bird:
+        bird.convert("RGB").resize((640, 480), Image.BICUBIC).save(work / "photo.jpg", quality=92)
     script = "\n\n".join(code for kind, code in blocks if kind == "python")
     with open(work / "tutorial.py", "w") as f:
         f.write(script)
