@@ -30,6 +30,7 @@ import numpy as np
 from tf_fusionnet.data.safe_pickle import UnsafePickleError, safe_load_cifar_pickle
 from tf_fusionnet.runtime.portable import (
     CHANNEL_MODES,
+    display_name,
     IMAGE_EXTENSIONS,
     ImageModeError,
     image_to_array,
@@ -74,6 +75,15 @@ class ImageDataset:
 # --------------------------------------------------------------------------- files
 
 
+# The largest file the loader reads into memory: a CIFAR batch is 31 MB, an image a few MB. A
+# member's size is its header's (for a tar) or the file's, checked before anything is read: a
+# 13 KB archive can declare a sparse 4 GB member.
+MAX_MEMBER_BYTES = 256 * 2**20
+# The largest image the loader or runner decodes, from the image's header before decoding:
+# a 140 KB PNG can declare 12000 x 12000 pixels (1.6 GB decoded).
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 class _Files:
     """Read-only view of a folder or a tar archive: relative names -> bytes."""
 
@@ -100,10 +110,19 @@ class _Files:
             self._members = {m.name.lstrip("./"): m for m in members if m.isfile()}
             self.names = sorted(self._members)
 
+    def size(self, name: str) -> int:
+        if self._tar is None:
+            return os.path.getsize(os.path.join(self.path, name))
+        return int(self._members[name].size)
+
     def read(self, name: str) -> bytes:
+        size = self.size(name)
+        if size > MAX_MEMBER_BYTES:
+            raise DataError(f"{self.path}: {display_name(name)} declares {size:,} bytes, more than the "
+                            f"{MAX_MEMBER_BYTES:,} a file of a dataset may have")
         if self._tar is None:
             with open(os.path.join(self.path, name), "rb") as f:
-                return f.read()
+                return f.read(MAX_MEMBER_BYTES + 1)
         try:
             extracted = self._tar.extractfile(self._members[name])
             if extracted is None:
@@ -121,11 +140,13 @@ class _Files:
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{where}: label {int(labels.max())} out of range for {num_classes} classes"
-        )
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":  # 5.7 would become 5, "3" an error elsewhere
+        raise DataError(f"{where}: labels are {labels.dtype}, expected integers")
+    labels = labels.astype(np.int64)
+    bad = labels[(labels < 0) | (labels >= num_classes)] if labels.size else labels
+    if bad.size:
+        raise DataError(f"{where}: label {int(bad[0])} out of range for {num_classes} classes")
     return labels
 
 
@@ -159,11 +180,16 @@ def _cifar_python(files: _Files, train_names, test_names, label_key: str, num_cl
                 raise DataError(f"{files.path}: {name} is not a CIFAR python batch ({error})") from None
             if "data" not in batch or label_key not in batch:
                 raise DataError(f"{files.path}: {name} lacks 'data' or '{label_key}'")
-            data = np.asarray(batch["data"], dtype=np.uint8)
+            data = np.asarray(batch["data"])
+            if data.dtype != np.uint8:  # floats in [0, 1] would become black, int16 would wrap
+                raise DataError(f"{files.path}: {name}: data are {data.dtype}, expected uint8 pixels")
             if data.ndim != 2 or data.shape[1] != 3072:
                 raise DataError(f"{files.path}: {name}: data of shape {data.shape}, expected (N, 3072)")
+            batch_labels = np.asarray(batch[label_key])
+            if batch_labels.ndim != 1 or len(batch_labels) != len(data):
+                raise DataError(f"{files.path}: {name}: {batch_labels.size} labels for {len(data)} images")
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.append(np.asarray(batch[label_key]))
+            labels.append(batch_labels)
         return np.concatenate(images), _check_labels(np.concatenate(labels), num_classes, f"{files.path}: {names[0]}")
 
     return read(train_names), read(test_names)
@@ -255,6 +281,9 @@ def _decode_images(
                      mininterval=1.0, leave=False):
         try:
             with Image.open(io.BytesIO(files.read(name))) as img:
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:  # the header's size, before decoding
+                    raise DataError(f"{files.path}: {display_name(name)} declares {img.size[0]}x{img.size[1]} "
+                                    f"pixels, more than {MAX_IMAGE_PIXELS:,}")
                 img.load()
                 if image_size is not None and img.size != (image_size[1], image_size[0]):
                     img = img.resize((image_size[1], image_size[0]), Image.BILINEAR)

@@ -17,6 +17,9 @@ from .manifest import BundleError
 from .runner import CascadeRunner
 
 
+MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo; larger ones are refused before decoding
+
+
 def read_image(path: str, shape, resize: str = portable.DEFAULT_RESIZE) -> tuple[np.ndarray, bool, bool]:
     """Decodes an image file into uint8 (H, W, C) under the training loader's mode rule, fitted to
     the model's input size by the bundle's ``resize`` rule (:func:`portable.fit_to_input`).
@@ -31,8 +34,13 @@ def read_image(path: str, shape, resize: str = portable.DEFAULT_RESIZE) -> tuple
     try:
         portable.check_regular_file(path)
         with Image.open(path) as img:
+            if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:  # the header's size, before decoding
+                raise BundleError(f"{path}: declares {img.size[0]}x{img.size[1]} pixels, more than the "
+                                  f"{MAX_IMAGE_PIXELS:,} this runner decodes")
             img.load()
             array, converted = portable.image_to_array(img, int(shape[2]))
+    except BundleError:
+        raise
     except portable.ImageModeError as error:
         raise BundleError(f"{path}: {error}") from None
     except Exception as error:

@@ -207,9 +207,10 @@ def image_to_array(img, channels: int) -> tuple[np.ndarray, bool]:
         wide = np.asarray(img).astype(np.float64)
         if img.mode == "F":
             wide = float_pixels(wide)
-        # 16-bit data (also what PNG's "I" mode holds) is scaled, not clipped at 255 as
-        # Pillow's convert("L") would.
-        elif wide.size and wide.max() > 255:
+        # 16-bit data (also what PNG's "I" mode holds) is scaled by one fixed factor, 65535 ->
+        # 255, not clipped at 255 as Pillow's convert("L") would, and not by its own maximum,
+        # which would make one dark image's 200 stay 200 and another's become 1.
+        else:
             wide = wide / 257.0
         img = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8), "L")
     elif img.mode in ("P", "PA"):

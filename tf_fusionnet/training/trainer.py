@@ -239,11 +239,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         return _train_locked(config, strategy, run_dir, lock)
     except BaseException:
-        # A run that failed before writing anything (a bad image found while decoding, Ctrl-C
-        # during loading) leaves no empty run folder behind that it made itself.
-        if created and set(os.listdir(run_dir)) <= {RUN_MARKER}:
-            os.remove(os.path.join(run_dir, RUN_MARKER))
-            os.rmdir(run_dir)
+        # A run refused or stopped before its first epoch finished (a bad image found while
+        # decoding, a batch larger than the data, Ctrl-C during loading) leaves nothing behind
+        # in a folder this call made: everything in it is this call's, and the corrected command
+        # must find no split of other data waiting for it.
+        if created and not has_finished_epoch(run_dir):
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         os.close(lock)
@@ -296,6 +299,11 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
     is_chief, _ = _is_chief(strategy)
     # Every worker trains on the chief's split; only the chief writes the run's files.
     train_idx, val_idx = prepare_split(data, config.run_dir(), config.val_size, config.seed, write=is_chief)
+    pad = config.pad if config.pad >= 0 else min(data.image_shape[:2]) // 8
+    if config.random_crop and pad > min(data.image_shape[:2]) // 2:
+        raise ValueError(f"--pad {config.pad} is more than half the images' side ({data.image_shape[0]}x"
+                         f"{data.image_shape[1]}): the random crops would be mostly padding; use at most "
+                         f"{min(data.image_shape[:2]) // 2} (the default is the side // 8)")
     if len(train_idx) < config.batch_size:
         raise ValueError(f"--batch_size {config.batch_size} is larger than the {len(train_idx)} training images "
                          "(after the validation split); pass a smaller --batch_size")
