@@ -54,13 +54,14 @@ def save_split(path: str, data: ImageDataset, val_indices: np.ndarray, seed: int
 
 def load_split(path: str, data: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
     """Reads a split written by :func:`save_split` and checks it belongs to ``data``."""
+    from tf_fusionnet.utils import read_json_limited
+
     try:
-        with open(path) as f:
-            split: dict[str, Any] = json.load(f)
+        split: dict[str, Any] = read_json_limited(path)
         val = np.asarray(split["val_indices"], dtype=np.int64)
         n = int(split["num_train_images"])
         fingerprint = split["train_fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:
         raise DataError(f"{path}: not a readable split file ({error})") from None
     if n != len(data.train_labels) or fingerprint != data_fingerprint(data.train_images, data.train_labels):
         raise DataError(

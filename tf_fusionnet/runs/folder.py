@@ -17,7 +17,6 @@ only whole files, and the same command resumes it.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -38,13 +37,28 @@ RESUMABLE_KEYS = {"verbose", "output", "num_cpu_devices", "tfds_data_dir", "inte
 RUN_MARKER = ".tf_fusionnet_run"  # marks a folder as a run and holds the trainer's lock (its PID)
 
 
+def read_run_json(path: str) -> dict:
+    """A JSON object of a run folder (config.json, split.json, the backup's epoch marker), read
+    through the project's one limited reader; ValueError (one line naming the file) otherwise."""
+    from tf_fusionnet.utils import read_json_limited
+
+    value = read_json_limited(path)
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(value).__name__}")
+    if os.path.basename(path) == "config.json":
+        for key, kind in (("train", dict), ("model_config", dict), ("exit_macs", list)):
+            if key in value and not isinstance(value[key], kind):
+                raise ValueError(f"{path}: {key} must be a JSON {'object' if kind is dict else 'list'}, "
+                                 f"got {type(value[key]).__name__}")
+    return value
+
+
 def is_run_dir(run_dir: str, entries: list[str]) -> bool:
     if RUN_MARKER in entries:
         return True
     try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            return isinstance(json.load(f).get("train"), dict)
-    except (OSError, ValueError, AttributeError):
+        return isinstance(read_run_json(os.path.join(run_dir, "config.json")).get("train"), dict)
+    except (OSError, ValueError):
         return False
 
 
@@ -107,9 +121,8 @@ def check_resume(run_dir: str, current: dict) -> None:
     if not os.path.exists(path):
         return
     try:
-        with open(path) as f:
-            previous = {**LEGACY_TRAIN_VALUES, **json.load(f).get("train", {})}
-    except (OSError, ValueError, AttributeError) as error:
+        previous = {**LEGACY_TRAIN_VALUES, **read_run_json(path).get("train", {})}
+    except (OSError, ValueError) as error:
         raise ValueError(f"{path}: unreadable ({error}); use another --output") from None
     changed = sorted(
         k for k in current if k not in RESUMABLE_KEYS and k in previous and previous[k] != current[k]
@@ -132,8 +145,7 @@ def previous_run_config(run_dir: str) -> dict | None:
     path = os.path.join(run_dir, "config.json")
     if not (has_finished_epoch(run_dir) and os.path.exists(path)):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_run_json(path)
 
 
 def check_same_architecture(run_dir: str, model) -> None:
@@ -141,8 +153,7 @@ def check_same_architecture(run_dir: str, model) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        previous = json.load(f).get("model_config")
+    previous = read_run_json(path).get("model_config")
     if previous is None:
         return
     previous = {**type(model)._LEGACY_DEFAULTS, **previous}
@@ -195,8 +206,7 @@ def finished_epochs(run_dir: str) -> int:
     """How many epochs a resumption of the run keeps: the backup's epoch marker (written last at
     each epoch's end), else the log's last epoch (the multi-worker loop's runs); 0 for none."""
     try:
-        with open(os.path.join(run_dir, "backup", "training_metadata.json")) as f:
-            return int(json.load(f)["epoch"])
+        return int(read_run_json(os.path.join(run_dir, "backup", "training_metadata.json"))["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if not os.path.isdir(os.path.join(run_dir, "backup", "multiworker")):

@@ -54,9 +54,10 @@ class Run:
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
+    from tf_fusionnet.runs.folder import read_run_json
+
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read_run_json(path)
     except FileNotFoundError:
         raise RunError(f"{path}: missing; is this a run directory written by train.py? ({what})") from None
     except (OSError, ValueError) as error:
