@@ -118,13 +118,16 @@ def test_every_preset_the_package_promises_has_its_files():
 
 
 def test_export_by_name_and_run_its_int8_bundle(presets_env, tmp_path):
-    env = {**os.environ, "TF_FUSIONNET_PRESETS": presets_env["into"]}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    env["TF_FUSIONNET_PRESETS"] = presets_env["into"]
     bundle = str(tmp_path / "bundle")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "export", "to_tflite.py"), "--preset", NAME,
                              "--out", bundle, "--precision", "int8", "--dataset", "sample", "--report_images", "50",
                              "--calibration_images", "50"], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"exporting {NAME} -> {bundle}" in result.stdout and "tf_fusionnet_preset_run_" not in result.stdout
+    env_logs = ("cuInit", "oneDNN custom operations", "cuda drivers")  # TensorFlow's C++ start-up log
+    assert not any(line in result.stderr for line in env_logs), result.stderr[-1500:]
     cat = os.path.join(ROOT, "tf_fusionnet", "data", "cifar10_sample", "test", "cat")
     ran = subprocess.run([sys.executable, os.path.join(bundle, "cascade_runner.py"), cat, "--precision", "int8"],
                          capture_output=True, text=True, timeout=300)
