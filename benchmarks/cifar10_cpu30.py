@@ -165,6 +165,30 @@ def _folders() -> tuple[str, str, str]:
     return out, work, os.path.abspath(carry)
 
 
+def _carry_flags(planned, work: str, carry: str, finished: dict, label: str) -> bool:
+    """``--carry_now`` (carries and returns True: nothing else to do) and ``--carry_at`` (a timer
+    that carries at that time while training goes on) over the comparison's ``planned()`` runs."""
+    def carry_and_commit() -> None:
+        lines = carry_now(planned(), work, carry, finished)
+        print("\n".join(lines) or "no unfinished run has a finished epoch: nothing to carry", flush=True)
+        if FLAGS.commit and lines:
+            commit_paths([carry], f"{label}: carry the unfinished runs' last finished epochs into the checkout "
+                         "(" + "; ".join(lines) + ")")
+
+    if FLAGS.carry_now:
+        carry_and_commit()
+        return True
+    if FLAGS.carry_at:
+        import threading
+
+        delay = seconds_until(FLAGS.carry_at)
+        print(f"carrying the unfinished runs in {delay / 60:.0f} min ({FLAGS.carry_at})", flush=True)
+        timer = threading.Timer(delay, carry_and_commit)
+        timer.daemon = True  # the driver need not wait for it once its runs are done
+        timer.start()
+    return False
+
+
 def run_job(job: Job, s: dict, work: str, out: str, carry: str, summary: dict, save, evaluate: bool) -> None:
     """Trains (or resumes, from --carry where that is further) one run, evaluates it, keeps its
     results in --out and drops its carried state; ``save(message)`` writes and commits."""
@@ -195,24 +219,8 @@ def main(argv):
     s = _settings()
     summary = load_summary(out)
 
-    def carry_and_commit() -> None:
-        lines = carry_now(planned_jobs(s, summary), work, carry, summary["jobs"])
-        print("\n".join(lines) or "no unfinished run has a finished epoch: nothing to carry", flush=True)
-        if FLAGS.commit and lines:
-            commit_paths([carry], "cifar10_cpu30: carry the unfinished runs' last finished epochs into the checkout "
-                             "(" + "; ".join(lines) + ")")
-
-    if FLAGS.carry_now:
-        carry_and_commit()
+    if _carry_flags(lambda: planned_jobs(s, summary), work, carry, summary["jobs"], "cifar10_cpu30"):
         return 0
-    if FLAGS.carry_at:
-        import threading
-
-        delay = seconds_until(FLAGS.carry_at)
-        print(f"carrying the unfinished runs in {delay / 60:.0f} min ({FLAGS.carry_at})", flush=True)
-        timer = threading.Timer(delay, carry_and_commit)
-        timer.daemon = True  # the driver need not wait for it once its runs are done
-        timer.start()
     os.makedirs(out, exist_ok=True)
     os.makedirs(work, exist_ok=True)
     summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),
@@ -313,8 +321,6 @@ def _phases(known) -> list[str]:
 def main_paper300() -> int:
     """Issue 44: the bfloat16 pilot, then the 300-epoch runs of :mod:`cpu30.paper300`, each
     evaluated and its results (log, anytime and budgeted tables, per-image logits) kept in --out."""
-    import threading
-
     from cpu30 import paper300 as plan
     from cpu30.paper_report import write_paper_report
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
@@ -341,22 +347,8 @@ def main_paper300() -> int:
         print("\n".join(lines))
         return 0
 
-    def carry_and_commit() -> None:
-        lines = carry_now(planned(), work, carry, summary["jobs"])
-        print("\n".join(lines) or "no unfinished run has a finished epoch: nothing to carry", flush=True)
-        if FLAGS.commit and lines:
-            commit_paths([carry], "paper300: carry the unfinished runs' last finished epochs, compact "
-                         "(" + "; ".join(lines) + ")")
-
-    if FLAGS.carry_now:
-        carry_and_commit()
+    if _carry_flags(planned, work, carry, summary["jobs"], "paper300"):
         return 0
-    if FLAGS.carry_at:
-        delay = seconds_until(FLAGS.carry_at)
-        print(f"carrying the unfinished runs in {delay / 60:.0f} min ({FLAGS.carry_at})", flush=True)
-        timer = threading.Timer(delay, carry_and_commit)
-        timer.daemon = True
-        timer.start()
     os.makedirs(out, exist_ok=True)
     os.makedirs(work, exist_ok=True)
     summary.update({"command": "python " + " ".join(sys.argv), "versions": library_versions(),

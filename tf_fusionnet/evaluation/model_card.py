@@ -9,9 +9,10 @@ it (a dict for ``metadata.json``), :func:`card_markdown` writes it for people.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from typing import Any
+
+from tf_fusionnet.runtime.portable import sha256_file as file_sha256
 
 CARD_BUDGETS_M = (20, 40, 60)
 LIMITS = ("Trained on CIFAR's 32x32 images of its classes only: it knows no other class, and a photo of "
@@ -20,12 +21,6 @@ LIMITS = ("Trained on CIFAR's 32x32 images of its classes only: it knows no othe
           "distributions) is made or measured.")
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _interpolate(points: list[tuple[float, float]], x: float) -> float | None:
