@@ -55,7 +55,15 @@ def tf_config(hosts: Sequence[str], index: int) -> str:
     return json.dumps({"cluster": {"worker": list(hosts)}, "task": {"type": "worker", "index": index}})
 
 
-def _stop(processes: list[subprocess.Popen], grace: float = 10.0) -> None:
+class _Stopped(Exception):
+    """The launcher was told to stop (SIGTERM, or SIGHUP when its terminal closed)."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _stop(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
     for p in processes:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -83,6 +91,13 @@ def launch(workers: int, command: Sequence[str], log_dir: str, poll_seconds: flo
     args = list(command)
     if not any(a == "--strategy" or a.startswith("--strategy=") for a in args):
         args.append("--strategy=multiworker")
+    # Stopping the launcher stops its workers: Python's default SIGTERM would end it at once and
+    # leave them training, orphaned (and in a private network, invisible to the host's tools).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, _raise_stopped)
+        except ValueError:  # launch() called from a thread other than the main one: no handlers there
+            break
     hosts = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     os.makedirs(log_dir, exist_ok=True)
     processes, logs = [], []
@@ -93,7 +108,9 @@ def launch(workers: int, command: Sequence[str], log_dir: str, poll_seconds: flo
                 out, logs_path = None, None
             else:
                 logs_path = os.path.join(log_dir, f"worker{i}.log")
-                out = open(logs_path, "w")
+                out = open(logs_path, "a")  # appended: an earlier launch's log is the user's to keep
+                out.write(f"--- launch at {time.strftime('%Y-%m-%d %H:%M:%S')}: worker {i} of {workers} ---\n")
+                out.flush()
             processes.append(subprocess.Popen([sys.executable, *args], env=env, stdout=out,
                                               stderr=subprocess.STDOUT if out else None))
             logs.append(logs_path)
@@ -121,6 +138,11 @@ def launch(workers: int, command: Sequence[str], log_dir: str, poll_seconds: flo
         _stop(processes)
         print("error: interrupted; stopped every worker. Run the same command again to resume.", file=sys.stderr)
         return 130
+    except _Stopped as why:
+        _stop(processes)
+        print(f"error: stopped ({why}); stopped every worker, each keeping its last finished epoch. Run the same "
+              "command again to resume.", file=sys.stderr)
+        return 143
     finally:
         _stop(processes)
 
@@ -171,6 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workers must be >= 1, got {options.workers}")
     if not os.path.isfile(options.command[0]):
         parser.error(f"{options.command[0]}: no such script")
+    if options.log_dir and os.path.exists(options.log_dir) and not os.path.isdir(options.log_dir):
+        parser.error(f"--log_dir {options.log_dir}: exists and is not a folder")
+    import resource
+
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if options.workers * 8 + 64 > open_files:  # a log, pipes and sockets per worker
+        parser.error(f"--workers {options.workers}: more than this process's limit of {open_files} open files "
+                     f"allows (about {(open_files - 64) // 8} workers; see ulimit -n)")
     if options.network == "private":
         if os.environ.get(_INSIDE) != str(os.getpid()):
             prefix = private_network_prefix()
