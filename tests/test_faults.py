@@ -300,6 +300,7 @@ def test_export_refuses_a_bundle_holding_a_users_file(work):
 @pytest.mark.parametrize("args,pattern", [
     (["--calibration_images", "0"], r"--calibration_images must be >= 1 for int8"),
     (["--report_images", "-1"], r"--report_images must be >= 0"),
+    (["--precision", "float32,float32"], r"--precision names float32 more than once"),
     (["--precision", "fp64"], r"--precision must be among"),
     (["--exits", "3,1"], r"--exits must be increasing exit numbers between 1 and 3, got 3,1"),
     (["--exits", "1,4"], r"--exits must be increasing exit numbers between 1 and 3"),

@@ -99,6 +99,9 @@ def check_export_arguments(precisions, calibration_images: int, report_images: i
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"--precision must be among {', '.join(PRECISIONS)}, got {p!r}")
+    twice = sorted({p for p in precisions if list(precisions).count(p) > 1})
+    if twice:
+        raise ValueError(f"--precision names {', '.join(twice)} more than once")
     if thresholds_from not in THRESHOLD_SOURCES:
         raise ValueError(f"--thresholds_from must be one of {', '.join(THRESHOLD_SOURCES)}, got {thresholds_from!r}")
     if "int8" in precisions and calibration_images < 1:
