@@ -24,8 +24,10 @@ def _cli(tool, *args):
 def test_evaluate_and_train_answer_a_hostile_config_in_one_line(work, content, pattern):
     with open(os.path.join(work["run"], "config.json"), "w") as f:
         f.write(content)
-    for tool, args in (("evaluate.py", ["--run", work["run"]]),
-                       ("train.py", ["--output", work["run"], "--preset", "fusionnet-tiny", "--epochs", "2"])):
+    tools = [("evaluate.py", ["--run", work["run"]])]
+    if "nested" in pattern:  # train reads the same file through the same reader: once is enough
+        tools.append(("train.py", ["--output", work["run"], "--preset", "fusionnet-tiny", "--epochs", "2"]))
+    for tool, args in tools:
         result = _cli(tool, *args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-1500:]
