@@ -189,7 +189,7 @@ def _carry_flags(planned, work: str, carry: str, finished: dict, label: str) -> 
     return False
 
 
-def run_job(job: Job, s: dict, work: str, out: str, carry: str, summary: dict, save, evaluate: bool) -> None:
+def train_and_keep(job: Job, s: dict, work: str, out: str, carry: str, summary: dict, save, evaluate: bool) -> None:
     """Trains (or resumes, from --carry where that is further) one run, evaluates it, keeps its
     results in --out and drops its carried state; ``save(message)`` writes and commits."""
     restored = restore_carry(os.path.join(carry, job.name), os.path.join(work, job.name))
@@ -234,8 +234,8 @@ def main(argv):
         if FLAGS.commit and message:
             commit_paths([out, carry], message)
 
-    def run_job(job: Job, evaluate: bool) -> None:  # noqa: F811  (the module's, with this comparison's folders)
-        globals()["run_job"](job, s, work, out, carry, summary, save, evaluate)
+    def run_job(job: Job, evaluate: bool) -> None:  # this comparison's folders and summary
+        train_and_keep(job, s, work, out, carry, summary, save, evaluate)
 
     pilots = pilot_jobs(s)
     choice = summary.get("recipe")
@@ -362,7 +362,7 @@ def main_paper300() -> int:
             commit_paths([out, carry], message)
 
     if "precision_pilot" in phases and pilot.name not in summary["jobs"]:
-        run_job(pilot, s, work, out, carry, summary, save, evaluate=False)
+        train_and_keep(pilot, s, work, out, carry, summary, save, evaluate=False)
     if not choice and pilot.name in summary["jobs"]:
         choice = plan.precision_choice(log_rows(os.path.join(out, pilot.name)), plan.reference_rows())
         summary["precision_choice"] = choice
@@ -373,7 +373,7 @@ def main_paper300() -> int:
     for i, job in enumerate(jobs):
         print(f"[{job.phase} {i + 1}/{len(jobs)}] {job.name}", flush=True)
         if job.name not in summary["jobs"]:
-            run_job(job, s, work, out, carry, summary, save, evaluate=True)
+            train_and_keep(job, s, work, out, carry, summary, save, evaluate=True)
     print(write_paper_report(out))
     return 0
 

@@ -237,13 +237,8 @@ def seed_image_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], level:
     if d.ndim != 2 or d.shape[1] < 2:
         raise ValueError(f"need (N,) per-image scores of >= 2 images per seed pair, got shape {d.shape[1:]}")
     pairs, n = d.shape
-    pair_means, image_means = d.mean(axis=1), d.mean(axis=0)
-    image_var = float(image_means.var(ddof=1)) / n
-    seed = None
-    if pairs > 1:
-        residual = d - pair_means[:, None] - image_means[None, :] + d.mean()
-        mse = float((residual ** 2).sum()) / ((pairs - 1) * (n - 1))
-        seed = SeedVariance(max(0.0, float(pair_means.var(ddof=1)) - mse / n), pairs - 1, "these runs")
+    image_var = float(d.mean(axis=0).var(ddof=1)) / n
+    seed = seed_variance_of(a, b, "these runs") if pairs > 1 else None
     if prior is not None:
         if seed is None or math.isinf(prior.df):
             seed = prior if seed is None else SeedVariance(prior.variance, prior.df, prior.source)
@@ -263,7 +258,7 @@ def seed_image_estimate(a: Sequence[np.ndarray], b: Sequence[np.ndarray], level:
     quantile = float(stats.norm.ppf(0.5 + level / 2)) if math.isinf(df) else float(stats.t.ppf(0.5 + level / 2, df))
     mean = float(d.mean())
     return Estimate(mean, se, math.sqrt(seed_var), math.sqrt(image_var), df if math.isinf(df) else int(round(df)),
-                    mean - quantile * se, mean + quantile * se, level, [float(v) for v in pair_means], n)
+                    mean - quantile * se, mean + quantile * se, level, [float(v) for v in d.mean(axis=1)], n)
 
 
 def seed_variance_of(a: Sequence[np.ndarray], b: Sequence[np.ndarray], source: str) -> SeedVariance:
