@@ -37,6 +37,10 @@ flags.DEFINE_bool("pixels_in", True, "Stage 1 reads the uint8 image and normalis
                   "it reads the normalised image, which the runner computes in numpy (as bundles before format 4).")
 flags.DEFINE_bool("int8_boundaries", True, "int8 stages hand their feature maps on as int8 (int8 inputs and "
                   "outputs); --noint8_boundaries: float32 inputs and outputs, (de)quantised inside each stage.")
+flags.DEFINE_bool("web", False, "Also write the web runtime (BUNDLE/web/: a page running the cascade with "
+                  "LiteRT.js, about 28 MB) and its stages; open it with python -m tf_fusionnet.runtime.serve BUNDLE.")
+flags.DEFINE_string("litertjs", None, "--web: the node_modules folder holding LiteRT.js (default: "
+                    "$TF_FUSIONNET_LITERTJS, else tf_fusionnet/runtime/web/node_modules; npm ci there).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's C++ start-up log and the converter's messages.")
 FLAGS = flags.FLAGS
 
@@ -66,6 +70,10 @@ def main(argv):
             except ValueError:
                 raise ValueError(f"--exits must be comma-separated exit numbers, got {','.join(FLAGS.exits)}") from None
             check_exits(exits, len(run.exit_macs))
+        if FLAGS.web:
+            from tf_fusionnet.export.web import find_litertjs
+
+            find_litertjs(FLAGS.litertjs)
     except (ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
@@ -83,11 +91,12 @@ def main(argv):
                                    FLAGS.calibration_images, FLAGS.report_images, FLAGS.dataset,
                                    thresholds_from=FLAGS.thresholds_from,
                                    exits=exits, int8_boundaries=FLAGS.int8_boundaries,
-                                   pixels_in=FLAGS.pixels_in)
+                                   pixels_in=FLAGS.pixels_in, web=FLAGS.web, litertjs=FLAGS.litertjs)
     except (ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
-    print(f"wrote {FLAGS.out}/ in {report['export_seconds']} s (manifest.json, report.json, cascade_runner.py)")
+    print(f"wrote {FLAGS.out}/ in {report['export_seconds']} s (manifest.json, report.json, cascade_runner.py"
+          + (f", web/index.html: python -m tf_fusionnet.runtime.serve {FLAGS.out}" if FLAGS.web else "") + ")")
     return 0
 
 

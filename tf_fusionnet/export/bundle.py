@@ -29,6 +29,7 @@ from tf_fusionnet.export.stages import (
     run_keras_stages,
     stage_models,
 )
+from tf_fusionnet.export.web import LITERTJS_VERSION, WEB_FOLDER, WEB_PRECISIONS, find_litertjs, write_web_runtime
 from tf_fusionnet.models.macs import exit_macs
 from tf_fusionnet.models.stage_cut import cut_stages
 
@@ -97,6 +98,8 @@ def export_bundle(
     exits: Sequence[int] | None = None,
     int8_boundaries: bool = True,
     pixels_in: bool = True,
+    web: bool = False,
+    litertjs: str | None = None,
 ) -> dict[str, Any]:
     """Exports a run as a bundle folder (see docs/export.md); returns the report.
 
@@ -123,8 +126,21 @@ def export_bundle(
         pixels_in: stage 1 reads the uint8 image and normalises it in its graph, at every
             precision (the runner hands LiteRT the pixels as they are); False: stage 1 reads the
             normalised image, as before. Standalone ``exit_k`` files read the normalised image.
+        web: also write the web runtime (``web/``: a page that runs the cascade with LiteRT.js,
+            see docs/export.md, "In a web page") and its stages: batch 1, and for int8 float32
+            inputs and outputs, the only kind LiteRT.js's JavaScript API takes. Needs ``pixels_in``
+            and float32 or int8 among ``precisions``.
+        litertjs: the ``node_modules`` folder to copy LiteRT.js from (default: see
+            :func:`tf_fusionnet.export.web.find_litertjs`).
     """
     check_export_arguments(precisions, calibration_images, report_images, thresholds_from)
+    web_precisions = [p for p in precisions if p in WEB_PRECISIONS] if web else []
+    if web:
+        if not web_precisions:
+            raise ValueError(f"--web needs {' or '.join(WEB_PRECISIONS)} among --precision")
+        if not pixels_in:
+            raise ValueError("--web needs stage 1 to read the pixels: drop --nopixels_in")
+        node_modules = find_litertjs(litertjs)
     start_time = time.time()
     run = load_run(run_dir)
     kept = check_exits(exits, len(run.exit_macs))
@@ -169,21 +185,26 @@ def export_bundle(
             stage_specs.append({"stage": k + 1, "signature": "serve", "inputs": inputs, "outputs": outputs,
                                 "input_shapes": [list(t.shape[1:]) for t in stages[k].inputs],
                                 "cumulative_macs": int(bundle_exit_macs[k])})
-        for precision in precisions:
-            os.makedirs(os.path.join(tmp_dir, precision))
-            files[precision] = []
+        def write_stages(folder: str, precision: str, integer_io: bool, batch_size: int | None) -> list[str]:
+            os.makedirs(os.path.join(tmp_dir, *folder.split("/")))
+            names = []
             for k, stage in enumerate(stages):
                 inputs, outputs = cut.input_names[k], cut.output_names[k]
                 feeds = calib_feeds[k]
                 if k == 0 and pixels_in:
                     stage, feeds = pixel_input_model(stage, mean, std), [data.train_images[calib_idx]]
                 rep = representative_feed(inputs, feeds) if precision == "int8" else None
-                name = f"{precision}/stage_{k + 1}.tflite"
-                with open(os.path.join(tmp_dir, name), "wb") as f:
-                    f.write(convert_to_tflite(stage, inputs, outputs, precision, rep,
-                                              integer_io=precision == "int8" and int8_boundaries))
-                files[precision].append(name)
+                name = f"{folder}/stage_{k + 1}.tflite"
+                with open(os.path.join(tmp_dir, *name.split("/")), "wb") as f:
+                    f.write(convert_to_tflite(stage, inputs, outputs, precision, rep, integer_io=integer_io,
+                                              batch_size=batch_size))
+                names.append(name)
                 _log(verbose, f"  {name}")
+            return names
+
+        web_files: dict[str, list[str]] = {}
+        for precision in precisions:
+            files[precision] = write_stages(precision, precision, precision == "int8" and int8_boundaries, None)
             if standalone:
                 standalone_files[precision] = []
                 for k, exit_model in enumerate(exit_models(model, kept)):
@@ -209,8 +230,13 @@ def export_bundle(
         for module in runtime.RUNTIME_MODULES:
             shutil.copy(os.path.join(os.path.dirname(runtime.__file__), module),
                         os.path.join(tmp_dir, runtime.RUNTIME_FOLDER, module))
-        all_files = [n for names in list(files.values()) + list(standalone_files.values()) for n in names]
+        for precision in web_precisions:  # batch 1, float32 between stages (LiteRT.js's JavaScript API)
+            web_files[precision] = write_stages(f"{WEB_FOLDER}/{precision}", precision, False, 1)
+        web_runtime = write_web_runtime(tmp_dir, node_modules) if web else []
+        all_files = [n for names in list(files.values()) + list(standalone_files.values()) + list(web_files.values())
+                     for n in names]
         all_files += ["cascade_runner.py"] + [f"{runtime.RUNTIME_FOLDER}/{m}" for m in runtime.RUNTIME_MODULES]
+        all_files += web_runtime
         manifest = {
             "format_version": runtime.FORMAT_VERSION,
             "preset": run.preset,
@@ -244,6 +270,13 @@ def export_bundle(
                     }[p]}
                 for p in precisions
             },
+            **({"web": {
+                "page": f"{WEB_FOLDER}/index.html",
+                "litertjs": LITERTJS_VERSION,
+                "batch_size": 1,
+                "precisions": {p: {"stages": web_files[p], "stage_io_dtype": "float32"} for p in web_precisions},
+                "open_with": "python -m tf_fusionnet.runtime.serve BUNDLE (or any static server; see docs/export.md)",
+            }} if web else {}),
             "thresholds": table,
             "thresholds_fitted_on": {"val": "validation split", "train": "training-split images (optimistic)",
                                      "none": "nothing: no budget table"}[thresholds_from],
@@ -258,7 +291,8 @@ def export_bundle(
         with open(os.path.join(tmp_dir, runtime.MANIFEST_DIGEST), "w") as f:
             f.write(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {runtime.MANIFEST}\n")
 
-        report = _check_bundle(tmp_dir, precisions, standalone, data, logits, bundle_exit_macs, report_images, verbose)
+        report = _check_bundle(tmp_dir, precisions, standalone, data, logits, bundle_exit_macs, report_images, verbose,
+                               web_precisions)
         report["export_seconds"] = round(time.time() - start_time, 1)
         _write_json(os.path.join(tmp_dir, "report.json"), report)
 
@@ -280,8 +314,11 @@ def _stage_io_dtype(precision: str, int8_boundaries: bool) -> str:
     return "int8" if precision == "int8" and int8_boundaries else "float32"
 
 
-def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, report_images, verbose) -> dict:
-    """Chained TFLite stages against Keras, and per-exit test accuracy of every precision."""
+def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, report_images, verbose,
+                  web_precisions=()) -> dict:
+    """Chained TFLite stages against Keras, and per-exit test accuracy of every precision (and of
+    the web stages, run here by LiteRT's Python interpreter: the same kernels as LiteRT.js's
+    XNNPACK, the browser itself is measured by benchmarks/web_runtime.py)."""
     n = len(data.test_labels) if not report_images else min(report_images, len(data.test_labels))
     images, labels = data.test_images[:n], data.test_labels[:n]
     keras_logits = logits["test_logits"][:, :n]
@@ -308,6 +345,15 @@ def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, repor
                 out = interp.get_signature_runner("serve")(image=x)["logits"]
                 diffs.append(float(np.abs(out - chained[k]).max()))
             entry["standalone_max_abs_diff_vs_chained"] = diffs
+        if precision in web_precisions:
+            web_logits = runtime.CascadeRunner(bundle, precision=precision, threads=2, web=True).all_exit_logits(images)
+            entry["web"] = {
+                "top1": [float(np.mean(web_logits[k].argmax(1) == labels)) for k in range(len(exit_macs))],
+                "max_abs_logit_diff_vs_bundle": [float(np.abs(web_logits[k] - chained[k]).max())
+                                                 for k in range(len(exit_macs))],
+                "top1_differs_from_bundle": [int(np.sum(web_logits[k].argmax(1) != chained[k].argmax(1)))
+                                             for k in range(len(exit_macs))],
+            }
         report["precisions"][precision] = entry
         _log(verbose, f"  {precision}: per-exit top-1 " + ", ".join(f"{100 * t:.2f}" for t in entry["top1"])
              + " (Keras " + ", ".join(f"{100 * t:.2f}" for t in keras_top1) + "); max |logit - Keras| "

@@ -94,6 +94,7 @@ def convert_to_tflite(
     precision: str,
     representative: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
     integer_io: bool = False,
+    batch_size: int | None = None,
 ) -> bytes:
     """Converts a (sub)model through ``keras.export.ExportArchive`` and a SavedModel.
 
@@ -108,6 +109,9 @@ def convert_to_tflite(
     scale and zero point: chained stages then hand their int8 feature maps on
     as they are, instead of dequantising them at the end of one stage and
     quantising them again at the start of the next.
+
+    ``batch_size``: a fixed batch dimension (the web runtime's stages take batch 1: LiteRT.js
+    refuses an input of another shape than the model's, and ``-1`` is not resized); None: any.
     """
     import tensorflow as tf
 
@@ -115,7 +119,7 @@ def convert_to_tflite(
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be among {', '.join(PRECISIONS)}, got {precision!r}")
     specs = [
-        tf.TensorSpec((None,) + tuple(t.shape[1:]), tf.as_dtype(t.dtype), name=name)
+        tf.TensorSpec((batch_size,) + tuple(t.shape[1:]), tf.as_dtype(t.dtype), name=name)
         for t, name in zip(model.inputs, input_names)
     ]
 

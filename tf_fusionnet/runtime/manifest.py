@@ -157,6 +157,17 @@ def validate_manifest(manifest) -> None:
                 _fail(f"precisions.{name}.{field}", "must name files inside the bundle (relative, no '..')")
         if entry.get("stage_io_dtype", "float32") not in STAGE_IO_DTYPES:
             _fail(f"precisions.{name}.stage_io_dtype", f"must be one of {', '.join(STAGE_IO_DTYPES)}")
+    web = manifest.get("web")  # the web page's stages (export --web); absent in other bundles
+    if web is not None:
+        web_precisions = web.get("precisions") if isinstance(web, dict) else None
+        if not isinstance(web_precisions, dict) or not web_precisions:
+            _fail("web.precisions", "must be a non-empty object")
+        for name, entry in web_precisions.items():
+            stages = entry.get("stages") if isinstance(entry, dict) else None
+            if not (isinstance(stages, list) and len(stages) == k and all(is_bundle_name(f) for f in stages)):
+                _fail(f"web.precisions.{name}.stages", f"must be a list of {k} file names inside the bundle")
+            if entry.get("stage_io_dtype", "float32") != "float32":
+                _fail(f"web.precisions.{name}.stage_io_dtype", "must be float32 (LiteRT.js takes no int8 tensors)")
     table = manifest.get("thresholds")
     if not isinstance(table, list):
         _fail("thresholds", "must be a list")
@@ -246,7 +257,7 @@ def load_manifest(bundle: str, expect_sha256: str | None = None) -> dict:
 # file, with portable.py beside it; only the files a manifest lists are checked).
 RUNTIME_FOLDER = "tf_fusionnet_runtime"
 RUNTIME_MODULES = ("__init__.py", "cli.py", "confidence.py", "latency.py", "manifest.py", "portable.py",
-                   "quantization.py", "runner.py", "server.py", "stages.py")
+                   "quantization.py", "runner.py", "serve.py", "server.py", "stages.py")
 RUNTIME_FILES = ("cascade_runner.py", "portable.py") + tuple(f"{RUNTIME_FOLDER}/{m}" for m in RUNTIME_MODULES)
 
 

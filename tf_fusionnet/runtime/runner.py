@@ -35,17 +35,26 @@ class CascadeRunner(StageChain, LatencyControl, ServerMode):
         expect_manifest_sha256: the sha256 (hex) of the bundle's ``manifest.json`` as the app
             shipped it: any other manifest, and through its digests any other file, is refused.
             Without it the bundle is checked against its own digests, which catch accidents only.
+        web: run the bundle's web stages (``export --web``: batch 1, float32 between stages),
+            which the page runs in a browser; here to check them against the other stages.
     """
 
     def __init__(self, bundle: str, precision: str = "float32", threads: int = 1,
-                 budget: float | None = None, thresholds=None, expect_manifest_sha256: str | None = None):
+                 budget: float | None = None, thresholds=None, expect_manifest_sha256: str | None = None,
+                 web: bool = False):
         self.bundle = bundle
         self.manifest = load_manifest(bundle, expect_manifest_sha256)
         verify_files(bundle, self.manifest, [n for n in RUNTIME_FILES if n in self.manifest["sha256"]])
-        if precision not in self.manifest["precisions"]:
-            raise BundleError(f"precision {precision!r} not in the bundle "
-                              f"(has {', '.join(self.manifest['precisions'])})")
+        entries = self.manifest["precisions"]
+        if web:
+            if "web" not in self.manifest:
+                raise BundleError(f"{bundle}: no web stages (export the run with --web)")
+            entries = self.manifest["web"]["precisions"]
+        if precision not in entries:
+            raise BundleError(f"precision {precision!r} not in the bundle{'s web stages' if web else ''} "
+                              f"(has {', '.join(entries)})")
         self.precision = precision
+        self.precision_entry = entries[precision]
         self.threads = threads
         self.timing_cache: str | None = None  # where cascade_timings() keeps its measurement
         self._mix: tuple[list[float], float] | None = None  # use_latency_budget's upper entry, weight
@@ -54,7 +63,7 @@ class CascadeRunner(StageChain, LatencyControl, ServerMode):
         self._stage_cost: list[float] | None = None  # deadline_ms's per-stage cost envelope
         self._probe_wait: list[int] | None = None  # deadline_ms: skips before each stage is re-measured
         self._timings: dict | None = None
-        files = self.manifest["precisions"][precision]["stages"]
+        files = self.precision_entry["stages"]
         verify_files(bundle, self.manifest, files)
         self.exit_macs = [float(m) for m in self.manifest["exit_macs"]]
         # The bundle's exit k is the model's exit model_exits[k-1] (a bundle may keep some exits only).

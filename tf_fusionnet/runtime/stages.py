@@ -30,7 +30,7 @@ class StageChain:
         # (scale, zero point) of every int8 input and output, None for float32 ones.
         self.stage_input_quantization: list[dict] = []
         self.stage_output_quantization: list[dict] = []
-        io_dtype = self.manifest["precisions"][self.precision].get("stage_io_dtype", "float32")
+        io_dtype = self.precision_entry.get("stage_io_dtype", "float32")
         written: dict[str, tuple[int, ...]] = {}
         for name in files:
             path = bundle_path(bundle, name)
