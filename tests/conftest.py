@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 EXPENSIVE_FIXTURE_GROUPS = {
     "tiny_run": "tiny_run",
     "tiny_bundle": "tiny_run",
+    "web_bundle": "tiny_run",
     "eval_run": "eval_run",
     "ranet_cifar": "ranet_cifar",
 }

@@ -282,3 +282,19 @@ def test_a_deadline_too_short_for_a_stage_is_probed_ever_less_often(work):
     results = [runner.classify(image, deadline_ms=0.0)[0] for _ in range(40 * runner.PROBE_AFTER_SKIPS)]
     late = sum(r["exit"] > 1 for r in results)
     assert 1 <= late <= 6  # probes at 16, 48, 112, 240, 496 images: doubling waits
+
+
+def test_server_mode_pads_a_short_stream_to_its_images_not_to_batch_size(work):
+    """--batch_size 1000000 on three images: the last calls are padded to the three images seen,
+    not to a million (which allocated gigabytes of zeros before answering)."""
+    import tracemalloc
+
+    from tf_fusionnet.runtime import CascadeRunner
+
+    runner = CascadeRunner(work["bundle"], "float32")
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    tracemalloc.start()
+    answered = sorted(i for i, _ in runner.classify_stream([images], batch_size=1_000_000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert answered == [0, 1, 2] and peak < 50_000_000

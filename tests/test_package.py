@@ -145,15 +145,36 @@ def test_pip_install_then_the_tutorial_runs_outside_the_checkout_and_its_bundle_
     assert "reloaded preset gives identical logits: True" in out
     assert os.path.exists(work / "presets" / "tutorial" / "model.weights.h5")
     ran_on_device = False
+    from tf_fusionnet.export.web import find_litertjs
+
+    litertjs = find_litertjs()  # the checkout's, which .ci/run installs: the suite does not reach npm
     for kind, code in blocks:
         if kind != "bash" or "pip install" in code:
             continue
+        code = "\n".join(line for line in code.splitlines() if not line.startswith("npm "))
+        code = code.replace("--litertjs litertjs/node_modules", f"--litertjs {litertjs}")
         device = "on the device" in code
         result = _run(code, str(work), _env(runtime_bin if device else bin_dir), shell=True)
         if device:
             ran_on_device = True
             assert re.search(r"photo\.jpg: \S+ \(\d\.\d+\) exit \d", result.stdout), result.stdout
     assert ran_on_device and os.path.exists(work / "bundle" / "int8" / "stage_1.tflite")
+    # The last step: the tutorial's serve command (shell, not run above: it serves until stopped)
+    # on a free port, and the page it names.
+    serve = re.findall(r"```shell\n(python -m tf_fusionnet.runtime.serve \S+)\n```", open(TUTORIAL).read())
+    assert serve, "the tutorial no longer ends with serving the page"
+    server = subprocess.Popen(serve[-1].split() + ["--port", "0"], cwd=str(work), env=_env(bin_dir),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"at (http://\S+)", line).group(1)
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200 and b"page.js" in response.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_an_editable_install_imports_the_source_folder(tmp_path):

@@ -23,7 +23,8 @@ class ServerMode:
         graph again whenever an input's shape changes, and that cost 2.7-7.9 ms per stage call here
         (batch 32, 2 threads), more than the stage itself; shrinking the batch after each exit,
         as a one-call cascade would, spends more than the exits save. When the stream ends,
-        each queue is run once more, padded to ``batch_size``.
+        each queue is run once more, padded to ``batch_size`` (or to the number of images seen,
+        if fewer).
 
         Yields ``(index, result)`` as images are answered, so not in input order; ``index``
         counts images from 0 over the whole stream. A result's ``ms`` is its latency: from the
@@ -61,8 +62,12 @@ class ServerMode:
         def run(k: int) -> Iterator[tuple[int, dict]]:
             index, start, upper, pool = take(k)
             n = len(index)
-            if n < batch_size:  # the end of the stream: pad, so the stage keeps its shape
-                pool = {m: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+            # The end of the stream: pad, so the stage keeps its shape; never beyond the images
+            # seen (a stream shorter than batch_size never ran a full batch, and padding 10
+            # images to --batch_size 1000000 allocated gigabytes of zeros).
+            size = min(batch_size, seen)
+            if n < size:
+                pool = {m: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
                         for m, v in pool.items()}
             probs = softmax(self._run_stage(k, pool)[:n])
             confidence = probs.max(axis=1)
