@@ -159,3 +159,17 @@ def test_the_launcher_says_so_when_it_cannot_make_a_private_network(tmp_path, mo
     (tmp_path / "train.py").write_text("")
     monkeypatch.chdir(tmp_path)
     assert launch.main(["--workers", "2", "train.py"]) == 1
+
+
+def test_warmup_longer_than_the_run_is_refused_and_the_default_follows_the_papers_share():
+    from tf_fusionnet.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"--warmup_epochs must be below --epochs \(1\)"):
+        TrainConfig(epochs=1, warmup_epochs=50).validate()
+    with pytest.raises(ValueError, match=r"--warmup_epochs must be below --epochs \(5\)"):
+        TrainConfig(epochs=5, warmup_epochs=5).validate()
+    TrainConfig(epochs=5, warmup_epochs=0).validate()
+    assert TrainConfig(epochs=300).warmup() == 20 and TrainConfig(epochs=30).warmup() == 2
+    assert TrainConfig(epochs=1).warmup() == pytest.approx(1 / 15)
+    assert TrainConfig(epochs=300, lr_schedule="step").warmup() == 0
+    TrainConfig(epochs=1).validate()

@@ -119,7 +119,8 @@ def test_step_schedule_divides_the_rate_at_the_milestones():
     rates = [float(schedule(step)) for step in (0, 19, 20, 34, 35, 49)]
     assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     with pytest.raises(ValueError, match="--warmup_epochs must be 0 with --lr_schedule step"):
-        TrainConfig(lr_schedule="step").validate()
+        TrainConfig(lr_schedule="step", warmup_epochs=20).validate()
+    TrainConfig(lr_schedule="step").validate()  # the default warmup (the paper's share) is none for step
     with pytest.raises(ValueError, match="below --epochs"):
         parse_milestones("150,300", 300)
     with pytest.raises(ValueError, match="increasing"):

@@ -62,7 +62,8 @@ def model_card(run_dir: str, name: str, data_path: str | None = None) -> dict[st
                  "validation_images": config["num_val_images"], "test_images": config["num_test_images"]},
         "recipe": {k: train[k] for k in ("epochs", "batch_size", "lr", "warmup_epochs", "lr_schedule", "momentum",
                                          "weight_decay", "weight_decay_style", "label_smoothing", "mix_prob",
-                                         "random_crop", "flip", "seed") if k in train},
+                                         "random_crop", "flip", "seed") if k in train}
+                   | ({"warmup_epochs": config["warmup_epochs"]} if "warmup_epochs" in config else {}),
         "trained_at_commit": config.get("git_commit"),
         "training": {"epochs_logged": len(rows),
                      "hours": round(sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")) / 3600, 2),

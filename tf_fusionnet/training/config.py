@@ -42,7 +42,8 @@ class TrainConfig:
     epochs: int = _f(300, "Training epochs.")
     batch_size: int = _f(512, "Global batch size.")
     lr: float = _f(-1.0, "Peak learning rate; -1: 0.1 * batch_size / 512 (the paper's 0.1 at batch 512).")
-    warmup_epochs: float = _f(20.0, "Epochs of linear warmup from 0 to the peak learning rate.")
+    warmup_epochs: float = _f(-1.0, "Epochs of linear warmup from 0 to the peak learning rate; -1: the paper's "
+                              "share, 20 of every 300 epochs (20 at --epochs 300, 2 at 30). Below --epochs.")
     lr_schedule: str = _f("cosine", "cosine: warmup, then cosine decay to 0 (the paper); step: the peak rate "
                           "multiplied by --lr_step_factor at each epoch of --lr_milestones (the official MSDNet "
                           "code's 150,225), no warmup.")
@@ -100,10 +101,14 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("lr", finite(self.lr) and (self.lr > 0 or self.lr == -1), "> 0 (or -1 for the linear-scaling default)"),
-            ("warmup_epochs", finite(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            ("warmup_epochs", finite(self.warmup_epochs) and (self.warmup_epochs >= 0 or self.warmup_epochs == -1),
+             "a number >= 0 (or -1 for the paper's share)"),
             ("lr_schedule", self.lr_schedule in ("cosine", "step"), "cosine or step"),
-            ("warmup_epochs", self.lr_schedule != "step" or self.warmup_epochs == 0,
+            ("warmup_epochs", self.lr_schedule != "step" or self.warmup_epochs <= 0,
              "0 with --lr_schedule step (the official MSDNet schedule has no warmup)"),
+            # The warmup ends at the peak rate; at or past the last epoch the run never trains at it.
+            ("warmup_epochs", self.warmup() == 0 or self.warmup() < self.epochs,
+             f"below --epochs ({self.epochs}): a warmup of the whole run never reaches the peak learning rate"),
             ("lr_step_factor", finite(self.lr_step_factor) and 0 < self.lr_step_factor <= 1, "in (0, 1]"),
             ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
@@ -150,6 +155,13 @@ class TrainConfig:
     def model_overrides(self) -> dict[str, Any]:
         """Constructor arguments the recipe sets on the preset's model."""
         return {"gradient_equilibrium": True} if self.gradient_equilibrium else {}
+
+    def warmup(self) -> float:
+        """Warmup epochs: ``warmup_epochs``, or for -1 the paper's share (20 of 300 epochs; none for
+        --lr_schedule step)."""
+        if self.warmup_epochs >= 0:
+            return float(self.warmup_epochs)
+        return 0.0 if self.lr_schedule == "step" else self.epochs * 20 / 300
 
     def peak_lr(self) -> float:
         return self.lr if self.lr > 0 else 0.1 * self.batch_size / 512

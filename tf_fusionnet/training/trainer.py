@@ -129,7 +129,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
 
     peak = config.peak_lr()
     total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+    warmup = min(int(round(config.warmup() * steps_per_epoch)), total - 1)
     if config.lr_schedule == "step":  # the official MSDNet code: lr * factor**(milestones passed), per epoch
         # Keras keeps the earlier value at a boundary step itself; epoch m's first step is m * steps_per_epoch.
         boundaries = [m * steps_per_epoch - 1 for m in parse_milestones(config.lr_milestones, config.epochs)]
@@ -345,6 +345,7 @@ def _train_with_policy(config: TrainConfig, strategy, run_dir: str, lock: int, p
             "num_classes": data.num_classes,
             "exit_macs": macs,
             "peak_lr": config.peak_lr(),
+            "warmup_epochs": config.warmup(),
             "num_train_images": int(len(train_idx)),
             "num_val_images": int(len(val_idx)),
             "num_test_images": int(len(data.test_labels)),
