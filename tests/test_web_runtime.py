@@ -298,3 +298,14 @@ def test_web_stages_match_the_bundles_stages(web_bundle):
     manifest = json.load(open(os.path.join(web_bundle, "manifest.json")))
     assert all(name in manifest["sha256"] for entry in manifest["web"]["precisions"].values() for name in entry["stages"])
     assert "web/litert/wasm/litert_wasm_threaded_internal.wasm" in manifest["sha256"]
+
+
+def test_a_web_bundle_is_replaced_by_a_new_export_and_a_users_file_in_it_is_not(web_bundle, tmp_path):
+    from tf_fusionnet.export.destination import check_out_dir
+
+    bundle = str(tmp_path / "bundle")
+    shutil.copytree(web_bundle, bundle)
+    check_out_dir(bundle, str(tmp_path / "run"))  # ours: a new export may replace it
+    (tmp_path / "bundle" / "web" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to replace it"):
+        check_out_dir(bundle, str(tmp_path / "run"))

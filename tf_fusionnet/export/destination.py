@@ -16,7 +16,7 @@ from typing import Sequence
 from tf_fusionnet.utils import pid_alive
 
 BUNDLE_ENTRIES = {"manifest.json", "manifest.sha256", "report.json", "cascade_runner.py", "portable.py",
-                  "tf_fusionnet_runtime", "float32", "float16", "int8", "__pycache__"}
+                  "tf_fusionnet_runtime", "float32", "float16", "int8", "__pycache__", "web"}
 _TEMP_PREFIXES = (".tmp-bundle-", ".old-bundle-")
 THRESHOLD_SOURCES = ("val", "train", "none")
 PRECISIONS = ("float32", "float16", "int8")
