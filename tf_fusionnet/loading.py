@@ -14,8 +14,6 @@ import json
 import os
 from typing import Any
 
-ANYTIME_RESULTS = os.path.join("eval", "anytime.json")
-
 
 class LoadError(ValueError):
     """A path this loader cannot read as a model; the message is for the user."""
@@ -80,20 +78,21 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
             raise LoadError(str(error)) from None
         if compile or not pixels:
             return network
-        return _with_pixels(network, run.preprocessing, run.config, path)
+        return _with_pixels(network, run.preprocessing, run.config, path, model_path)
     network = _load_keras_file(path, compile)
     run_dir = os.path.dirname(os.path.abspath(path))
     preprocessing = _read_json(os.path.join(run_dir, "preprocessing.json"))
     if compile or not pixels or preprocessing is None:
         return network
-    return _with_pixels(network, preprocessing, _read_json(os.path.join(run_dir, "config.json")) or {}, run_dir)
+    return _with_pixels(network, preprocessing, _read_json(os.path.join(run_dir, "config.json")) or {}, run_dir, path)
 
 
-def _with_pixels(network, preprocessing: dict, config: dict, run_dir: str):
+def _with_pixels(network, preprocessing: dict, config: dict, run_dir: str, checkpoint_path: str):
     from tf_fusionnet.models.pixels import PixelClassifier
+    from tf_fusionnet.runs.reading import eval_results
 
     model = PixelClassifier(network, preprocessing["mean"], preprocessing["std"], preprocessing.get("class_names"))
-    anytime = _read_json(os.path.join(run_dir, ANYTIME_RESULTS))
+    anytime = eval_results(run_dir, "anytime", checkpoint_path)  # None unless it measured this checkpoint
     model.preset_metadata = {
         "preset": config.get("preset"),
         "train": config.get("train"),

@@ -43,9 +43,15 @@ def model_card(run_dir: str, name: str, data_path: str | None = None) -> dict[st
     """
     from tf_fusionnet.utils import read_json_limited
 
+    from tf_fusionnet.runs.reading import eval_results
+
     config = read_json_limited(os.path.join(run_dir, "config.json"))
-    anytime = read_json_limited(os.path.join(run_dir, "eval", "anytime.json"))
-    budgeted = read_json_limited(os.path.join(run_dir, "eval", "budgeted.json"))
+    checkpoint = os.path.join(run_dir, "model.keras")
+    anytime = eval_results(run_dir, "anytime", checkpoint)
+    budgeted = eval_results(run_dir, "budgeted", checkpoint)
+    if anytime is None or budgeted is None:
+        raise ValueError(f"{run_dir}/eval: no results of the run's model.keras (evaluate.py measured another "
+                         f"checkpoint, or has not run): python evaluate.py --run {run_dir}")
     with open(os.path.join(run_dir, "log.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     train = config["train"]

@@ -13,6 +13,7 @@ from tf_fusionnet.exits import budgeted_curve, simulate, thresholds_for_budget
 from tf_fusionnet.evaluation.metrics import expected_calibration_error, fit_temperature, softmax, topk_accuracy
 from tf_fusionnet.evaluation.plots import plot_curves
 from tf_fusionnet.runs.reading import Run, RunError, load_run, run_logits
+from tf_fusionnet.runtime.portable import sha256_file
 from tf_fusionnet.utils import atomic_path, atomic_write_json, atomic_write_text
 
 
@@ -54,7 +55,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Anytime and budgeted evaluation of one run; writes everything into ``RUN/eval/``."""
     run = load_run(run_dir)
+    checkpoint_path = run.checkpoint_path(checkpoint)
+    measured = sha256_file(checkpoint_path) if os.path.exists(checkpoint_path) else None
     logits = run_logits(run, checkpoint, batch_size, dataset, verbose)
+    if sha256_file(checkpoint_path) != measured:  # training wrote a new epoch meanwhile
+        raise RunError(f"{checkpoint_path}: changed during the evaluation (training is still writing it); "
+                       "run evaluate.py again, or evaluate a copy of the run")
     macs = run.exit_macs
     if logits["test_logits"].shape[0] != len(macs):
         raise RunError(f"{run_dir}: the checkpoint has {logits['test_logits'].shape[0]} exits, "
@@ -66,16 +72,23 @@ def evaluate_run(
     val_labels, test_labels = logits["val_labels"], logits["test_labels"]
     out = run.eval_dir
     os.makedirs(out, exist_ok=True)
+    # Every result names the checkpoint it measured (runs.reading.eval_results reads it back), and
+    # what this evaluation did not compute is removed, not left beside it from an earlier one.
+    for stale, wanted in (("budget.json", budget is not None), ("calibration.json", calibrate)):
+        if not wanted and os.path.exists(os.path.join(out, stale)):
+            os.remove(os.path.join(out, stale))
     with atomic_path(os.path.join(out, "probs.npz")) as tmp:
         np.savez_compressed(tmp, val_probs=val_probs.astype(np.float32), test_probs=test_probs.astype(np.float32),
                             val_labels=val_labels, test_labels=test_labels)
 
     anytime = anytime_table(test_probs, test_labels, macs)
-    atomic_write_json(os.path.join(out, "anytime.json"), {"preset": run.preset, "checkpoint": checkpoint, "exits": anytime})
+    atomic_write_json(os.path.join(out, "anytime.json"), {"preset": run.preset, "checkpoint": checkpoint,
+                                                          "checkpoint_sha256": measured, "exits": anytime})
     _write_csv(os.path.join(out, "anytime.csv"), anytime, ["exit", "macs", "top1", "top5", "ece"])
 
     points = budgeted_curve(val_probs, test_probs, test_labels, macs)
     atomic_write_json(os.path.join(out, "budgeted.json"), {"preset": run.preset, "checkpoint": checkpoint,
+                                                           "checkpoint_sha256": measured,
                                                            "num_val": int(len(val_labels)), "points": points})
     _write_csv(os.path.join(out, "budgeted.csv"),
                [{**p, "exit_counts": " ".join(map(str, p["exit_counts"]))} for p in points],
@@ -95,6 +108,7 @@ def evaluate_run(
         cal_points = budgeted_curve(cal_val, cal_test, test_labels, macs)
         shifts = [c["top1"] - p["top1"] for c, p in zip(cal_points, points)]
         calibration = {
+            "checkpoint_sha256": measured,
             "temperatures": temperatures,
             "ece_before": [e["ece"] for e in anytime],
             "ece_after": [expected_calibration_error(cal_test[k], test_labels) for k in range(len(macs))],
@@ -115,6 +129,7 @@ def evaluate_run(
             raise RunError(f"--budget {budget:.0f} MACs is below the cost of the first exit ({macs[0]} MACs)")
         on_test = simulate(test_probs, test_labels, fitted["thresholds"], macs)
         summary["budget"] = {
+            "checkpoint_sha256": measured,
             "budget_macs": float(budget),
             "q": float(fitted["q"]),
             "thresholds": [float(x) for x in fitted["thresholds"]],

@@ -140,6 +140,25 @@ def load_checkpoint(run: Run, checkpoint: str = "model"):
     return model
 
 
+def eval_results(run_dir: str, name: str, checkpoint_path: str) -> dict[str, Any] | None:
+    """``RUN/eval/NAME.json`` as evaluate.py wrote it, if it measured the checkpoint now at
+    ``checkpoint_path`` (its recorded ``checkpoint_sha256``), else None.
+
+    evaluate.py run while training goes on measures that epoch's checkpoint; read later, beside a
+    newer checkpoint, its numbers would be taken for the newer model's (load_model's test top-1,
+    a preset's, a model card's). Results written before the digest was recorded count as stale."""
+    from tf_fusionnet.utils import read_json_limited
+
+    try:
+        results = read_json_limited(os.path.join(run_dir, "eval", f"{name}.json"))
+        current = sha256_file(checkpoint_path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("checkpoint_sha256") != current:
+        return None
+    return results
+
+
 def logits_cache_key(run: Run, checkpoint_path: str, dataset: str | None = None,
                      data: ImageDataset | None = None, val_idx: np.ndarray | None = None) -> str:
     """A digest of everything the cached logits depend on (see :func:`run_logits`).
