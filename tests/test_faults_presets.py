@@ -94,3 +94,18 @@ def test_weights_that_link_out_of_the_folder_are_refused(preset, tmp_path):
     os.replace(preset / "model.weights.h5", outside)
     (preset / "model.weights.h5").symlink_to(outside)
     _load_fails(preset, r"link leaving the preset folder")
+
+
+@pytest.mark.parametrize("value, pattern", [([1, 2, 3], r"metadata\.json: a JSON list, not the object"),
+                                            ({"a": 1}, r"metadata\.json: format None, not a tf_fusionnet preset")])
+def test_load_model_names_a_preset_s_bad_metadata_not_a_missing_run_file(preset, value, pattern):
+    """A preset folder whose metadata.json is a list was taken for a run folder:
+    "preprocessing.json: missing; is this a run directory written by train.py?"."""
+    import re
+
+    import tf_fusionnet
+
+    (preset / "metadata.json").write_text(json.dumps(value))
+    with pytest.raises(tf_fusionnet.LoadError) as caught:
+        tf_fusionnet.load_model(str(preset))
+    assert "\n" not in str(caught.value) and re.search(pattern, str(caught.value)), str(caught.value)

@@ -45,7 +45,7 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
     ```
     """
     from tf_fusionnet.models.pixels import PixelClassifier
-    from tf_fusionnet.models.preset_files import is_preset_dir, load_preset
+    from tf_fusionnet.models.preset_files import is_preset_dir, load_preset, not_a_preset_reason
 
     from tf_fusionnet.presets import trained_presets
 
@@ -64,6 +64,8 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
             raise LoadError(f"{path}: no such file or folder; {path!r} names an architecture without trained "
                             f"weights: build it with tf_fusionnet.{PRESETS[path]['class']}.from_preset({path!r})")
         raise LoadError(f"{path}: no such file or folder")
+    if os.path.isdir(path) and not_a_preset_reason(path):
+        raise LoadError(not_a_preset_reason(path))
     if os.path.isdir(path) and is_preset_dir(path):
         model = load_preset(path)
         return model.network if not pixels and isinstance(model, PixelClassifier) else model

@@ -448,7 +448,7 @@ def source_fingerprint(dataset: str) -> str | None:
         dirs.sort()
         for name in sorted(names):
             full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode() + b"\0" + sha256_file(full).encode())
+            digest.update(os.fsencode(os.path.relpath(full, path)) + b"\0" + sha256_file(full).encode())
     return digest.hexdigest()
 
 

@@ -68,7 +68,7 @@ def _verified_sources(folder):
             refuse(f"{os.path.join(_HERE, 'manifest.json')}: does not match manifest.sha256")
     try:
         listed = json.loads(raw.decode("utf-8"))["sha256"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         refuse(f"{os.path.join(_HERE, 'manifest.json')}: no readable sha256 table")
     sources = {}
     for name in sorted(os.listdir(folder)):
@@ -118,7 +118,7 @@ def _load_runtime():
 
         return package
     sources = _verified_sources(folder)
-    identity = hashlib.sha256(os.path.realpath(folder).encode() + b"".join(sources[n] for n in sorted(sources)))
+    identity = hashlib.sha256(os.fsencode(os.path.realpath(folder)) + b"".join(sources[n] for n in sorted(sources)))
     package = "_tf_fusionnet_bundle_runtime_" + identity.hexdigest()[:16]
     if package not in sys.modules:
         sys.meta_path.insert(0, _VerifiedRuntime(package, folder, sources))

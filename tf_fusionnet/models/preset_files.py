@@ -45,6 +45,23 @@ def is_preset_dir(path: str) -> bool:
         return False
 
 
+def not_a_preset_reason(path: str) -> str | None:
+    """Why a folder holding a metadata.json is not a preset this project reads (one line), or None
+    if it is one or holds no metadata.json (so that such a folder is not taken for a run)."""
+    from tf_fusionnet.utils import read_json_limited
+
+    meta = os.path.join(path, PRESET_METADATA)
+    if not os.path.exists(meta) or is_preset_dir(path):
+        return None
+    try:
+        value = read_json_limited(meta)
+    except (OSError, ValueError) as error:
+        return str(error)
+    if not isinstance(value, dict):
+        return f"{meta}: a JSON {type(value).__name__}, not the object a preset's metadata is"
+    return f"{meta}: format {value.get('format')!r}, not a tf_fusionnet preset ({PRESET_FORMAT!r})"
+
+
 def preset_metadata(model: keras.Model) -> dict[str, Any]:
     """The metadata.json of ``model`` (a network or a :class:`PixelClassifier`)."""
     from tf_fusionnet.runtime.portable import DEFAULT_RESIZE

@@ -329,7 +329,8 @@ def _main(argv=None, default_bundle: str | None = None) -> int:
             if args.json:
                 print(json.dumps(r))
             else:
-                print(f"{portable.display_name(r['file'])}: {r.get('label', r['class'])} ({r['confidence']:.3f}) exit {r['exit']}, "
+                print(f"{portable.display_name(r['file'])}: {portable.display_name(str(r.get('label', r['class'])))} "
+                      f"({r['confidence']:.3f}) exit {r['exit']}, "
                       f"{r['macs'] / 1e6:.2f}M MACs, {r['ms']:.2f} ms")
         if summary.count == 0:
             if failures:

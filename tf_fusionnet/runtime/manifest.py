@@ -248,6 +248,8 @@ def load_manifest(bundle: str, expect_sha256: str | None = None) -> dict:
         manifest = json.loads(raw.decode("utf-8"), parse_constant=refuse_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise BundleError(f"{path}: not strict JSON ({error})") from None
+    except RecursionError:  # brackets nested thousands deep: json's recursion, before any key is read
+        raise BundleError(f"{path}: JSON nested too deeply to be a manifest") from None
     validate_manifest(manifest)
     return manifest
 
