@@ -298,3 +298,40 @@ def test_server_mode_pads_a_short_stream_to_its_images_not_to_batch_size(work):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert answered == [0, 1, 2] and peak < 50_000_000
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, "{\"sha256\": " + "[" * 100_000 + "]" * 100_000 + "}"], ids=["top_level", "in_sha256"])
+def test_a_deeply_nested_manifest_with_a_matching_digest_is_one_line(work, text):
+    """Brackets nested 100,000 deep under a digest that matches them: json's RecursionError
+    became a traceback in the entry script's own check, before the runtime."""
+    raw = text.encode()
+    with open(os.path.join(work["bundle"], "manifest.json"), "wb") as f:
+        f.write(raw)
+    with open(os.path.join(work["bundle"], "manifest.sha256"), "w") as f:
+        f.write(f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n")
+    result = subprocess.run([sys.executable, os.path.join(work["bundle"], "cascade_runner.py"), CAT],
+                            capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result.returncode, result.stderr, 1, r"manifest.json: no readable sha256 table")
+    from tf_fusionnet.runtime import BundleError, load_manifest
+
+    with pytest.raises(BundleError, match="nested too deeply"):
+        load_manifest(work["bundle"])
+
+
+def test_class_names_and_data_paths_that_are_not_utf8_are_shown_not_crashed_on(work, tmp_path):
+    """A class folder named in Latin-1 (b"caf\\xe9") trains; its name, kept as Python keeps such
+    bytes, then broke the data's fingerprint (evaluate, export) and the runner's output line."""
+    from tf_fusionnet.data.sources import source_fingerprint
+
+    folder = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"data", b"caf\xe9"))
+    os.makedirs(folder)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(folder, "a.png"))
+    assert len(source_fingerprint(str(tmp_path / "data"))) == 64
+    names = [f"caf\udce9 {i}" for i in range(10)]
+    _edit_manifest(work["bundle"], lambda m: m.update(class_names=names))
+    result = subprocess.run([sys.executable, os.path.join(work["bundle"], "cascade_runner.py"), CAT,
+                             "--thresholds", "0,0,0"], capture_output=True, timeout=120,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    shown = result.stdout.decode("utf-8")
+    assert shown.count("caf\\xe9 ") >= 10  # every line names its class, escaped
