@@ -109,3 +109,12 @@ def test_load_model_names_a_preset_s_bad_metadata_not_a_missing_run_file(preset,
     with pytest.raises(tf_fusionnet.LoadError) as caught:
         tf_fusionnet.load_model(str(preset))
     assert "\n" not in str(caught.value) and re.search(pattern, str(caught.value)), str(caught.value)
+
+
+def test_truncated_weights_are_named_not_taken_for_a_write_error(preset):
+    """A preset's model.weights.h5 cut in half was reported by train.py --init_from as "cannot
+    write <output> ... the same command resumes"."""
+    path = preset / "model.weights.h5"
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    _load_fails(preset, r"model\.weights\.h5 unreadable or not this model's weights \(.*truncated")

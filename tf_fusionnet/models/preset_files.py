@@ -269,7 +269,11 @@ def load_preset(preset: str, load_weights: bool = True, **overrides: Any) -> ker
             inside = os.path.realpath(preset) + os.sep
             if os.path.islink(weights) and not os.path.realpath(weights).startswith(inside):
                 raise PresetError(f"{preset}: {PRESET_WEIGHTS} is a link leaving the preset folder; refusing it")
-            model.load_weights(weights)
+            try:
+                model.load_weights(weights)
+            except (OSError, ValueError) as error:  # h5py's OSError for a truncated file read as a write error
+                first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+                raise PresetError(f"{preset}: {PRESET_WEIGHTS} unreadable or not this model's weights ({first})") from None
         known = set(preset_metadata(model))
         if hasattr(model, "preset_metadata"):
             model.preset_metadata = {k: v for k, v in metadata.items() if k not in known}
