@@ -118,3 +118,17 @@ def test_truncated_weights_are_named_not_taken_for_a_write_error(preset):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     _load_fails(preset, r"model\.weights\.h5 unreadable or not this model's weights \(.*truncated")
+
+
+def test_export_of_a_preset_never_reads_the_data_path_written_in_it(preset, tmp_path):
+    """A preset is a stranger's file: export --preset read whatever folder its metadata named in
+    train.dataset (another folder of the machine, shown in the report). Only a named dataset or
+    the user's --dataset is read."""
+    from tf_fusionnet.loading import LoadError, preset_as_run
+
+    private = tmp_path / "private_photos"
+    private.mkdir()
+    _edit(preset, "metadata.json", lambda d: d.setdefault("train", {}).update(dataset=str(private)))
+    with pytest.raises(LoadError, match=r"trained on 'private_photos', a file a preset may not point this tool to"):
+        preset_as_run(str(preset), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
