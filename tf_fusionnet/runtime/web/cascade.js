@@ -350,7 +350,13 @@ export class Cascade {
         models.forEach((m) => m.delete());
         throw new BundleError(`${name}: sha256 does not match the manifest (corrupt or modified bundle)`);
       }
-      const model = await loadAndCompile(bytes, {accelerator: 'wasm', cpuOptions: {numThreads: cpuThreads}});
+      let model;
+      try {
+        model = await loadAndCompile(bytes, {accelerator: 'wasm', cpuOptions: {numThreads: cpuThreads}});
+      } catch (error) {
+        models.forEach((m) => m.delete());
+        throw new BundleError(`${name}: LiteRT.js cannot load this stage (${error.message ?? error})`);
+      }
       const inputs = model.getInputDetails().map((d) => d.name).sort();
       const listed = [...manifest.stages[k].inputs].sort();
       if (inputs.join() !== listed.join()) {
