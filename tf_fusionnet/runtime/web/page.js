@@ -39,8 +39,7 @@ export async function pixelsOf(blob) {
 
 /** Classifies one image file (a Blob): what the file input does, and what the tests call. */
 export async function classifyBlob(blob, options = {}) {
-  const pixels = await pixelsOf(blob);
-  return {...(await cascade.classify(pixels, options)), pixels: options.keepPixels ? Array.from(pixels) : undefined};
+  return cascade.classify(await pixelsOf(blob), options);
 }
 
 function drawInput(pixels) {
