@@ -317,8 +317,9 @@ def _stage_io_dtype(precision: str, int8_boundaries: bool) -> str:
 def _check_bundle(bundle, precisions, standalone, data, logits, exit_macs, report_images, verbose,
                   web_precisions=()) -> dict:
     """Chained TFLite stages against Keras, and per-exit test accuracy of every precision (and of
-    the web stages, run here by LiteRT's Python interpreter: the same kernels as LiteRT.js's
-    XNNPACK, the browser itself is measured by benchmarks/web_runtime.py)."""
+    the web stages, run here by LiteRT's Python interpreter on the same stage files the page
+    loads; the page itself is checked in Chromium by tests/test_web_runtime.py and
+    benchmarks/web_runtime.py)."""
     n = len(data.test_labels) if not report_images else min(report_images, len(data.test_labels))
     images, labels = data.test_images[:n], data.test_labels[:n]
     keras_logits = logits["test_logits"][:, :n]
