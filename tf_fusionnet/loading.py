@@ -64,8 +64,9 @@ def load_model(path: str, checkpoint: str = "model", compile: bool = False, pixe
             raise LoadError(f"{path}: no such file or folder; {path!r} names an architecture without trained "
                             f"weights: build it with tf_fusionnet.{PRESETS[path]['class']}.from_preset({path!r})")
         raise LoadError(f"{path}: no such file or folder")
-    if os.path.isdir(path) and not_a_preset_reason(path):
-        raise LoadError(not_a_preset_reason(path))
+    refused = not_a_preset_reason(path) if os.path.isdir(path) else None
+    if refused:
+        raise LoadError(refused)
     if os.path.isdir(path) and is_preset_dir(path):
         model = load_preset(path)
         return model.network if not pixels and isinstance(model, PixelClassifier) else model

@@ -51,7 +51,7 @@ def not_a_preset_reason(path: str) -> str | None:
     from tf_fusionnet.utils import read_json_limited
 
     meta = os.path.join(path, PRESET_METADATA)
-    if not os.path.exists(meta) or is_preset_dir(path):
+    if not os.path.exists(meta):
         return None
     try:
         value = read_json_limited(meta)
@@ -59,6 +59,8 @@ def not_a_preset_reason(path: str) -> str | None:
         return str(error)
     if not isinstance(value, dict):
         return f"{meta}: a JSON {type(value).__name__}, not the object a preset's metadata is"
+    if value.get("format") == PRESET_FORMAT:
+        return None
     return f"{meta}: format {value.get('format')!r}, not a tf_fusionnet preset ({PRESET_FORMAT!r})"
 
 
