@@ -97,9 +97,11 @@ def _serve(bundle, isolate=True):
 
 def _plain_static_server(folder):
     """The stdlib's static server: what "any static server" gives (no checks, no isolation headers)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
-    handler.log_message = lambda *a: None
-    return Serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    return Serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=folder)))
 
 
 def _open(browser, url):
