@@ -22,6 +22,21 @@ training-pass throughput and its validation and checkpoint time come from the ru
 ``log.csv``, next to a synthetic measurement of the same preset and settings taken
 right before.
 
+``--recipe paper`` makes the real part the long runs' recipe instead (train.py's defaults:
+batch 512, lr 0.1, CutMix/MixUp on every batch, label smoothing; 5,000 validation images) on
+``--data`` (give the lossless CIFAR-100), at the precision and threads of the first variant.
+
+Peer (``--peer``): in every round, next to each ``float32`` / ``mixed_bfloat16`` variant of
+``msdnet-cifar-anytime``, a PyTorch MSDNet laid out as its authors' code
+(``benchmarks/peers/msdnet_torch.py``; ``pip install torch==2.13.0``) trains the same number of
+steps at the same batch on random data: float32, or bfloat16 under ``torch.autocast`` (the
+authors' step: forward, the sum of the exits' cross-entropies, backward, SGD with momentum
+0.9 and weight decay 1e-4). Its conv and linear MACs are checked against ours first.
+
+Profile (``--profile_steps N``): a ``tf.profiler`` trace of N steps of every preset and
+variant after the timed ones; the op time per TensorFlow op type (forward and gradient apart),
+its share, and for the conv ops the GMAC/s they reach, go in the JSON under ``profile``.
+
 Writes ``--out`` (benchmarks/results/train_throughput.json) with the CPU model and
 SIMD flags, library versions, both commits, every setting and every round.
 """
@@ -59,13 +74,27 @@ flags.DEFINE_string("threads", "own", "INTERxINTRA op threads of every measureme
 flags.DEFINE_integer("real_epochs", 0, "Also train this many real epochs per preset (0: skip).")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz"), "Real data.")
 flags.DEFINE_string("out", "benchmarks/results/train_throughput.json", "Result file.")
+flags.DEFINE_integer("num_classes", 10, "Classes of the synthetic labels (100 for the CIFAR-100 recipe).")
+flags.DEFINE_enum("recipe", "cifar10_cpu", ["cifar10_cpu", "paper"], "Recipe of the real epochs.")
+flags.DEFINE_bool("peer", False, "Also time the PyTorch MSDNet beside msdnet-cifar-anytime.")
+flags.DEFINE_integer("profile_steps", 0, "Also profile this many steps of every preset and variant (0: skip).")
+flags.DEFINE_list("profile_variants", [], "Profile only these of --variants (default: all).")
 flags.DEFINE_bool("child", False, "Internal: measure one setting in this process and print JSON.")
 flags.DEFINE_string("variant", "auto", "Internal: the child's variant.")
+flags.DEFINE_bool("peer_child", False, "Internal: the child times the PyTorch peer.")
 FLAGS = flags.FLAGS
 
 REAL_TRAIN_IMAGES = 50000 - 5000
-REAL_RECIPE = ["--batch_size", "128", "--lr", "0.05", "--warmup_epochs", "1", "--mix_prob", "0",
-               "--val_size", "5000", "--seed", "0", "--verbose", "2"]  # benchmarks/cifar10_cpu.py
+RECIPES = {
+    "cifar10_cpu": ["--batch_size", "128", "--lr", "0.05", "--warmup_epochs", "1", "--mix_prob", "0",
+                    "--val_size", "5000", "--seed", "0", "--verbose", "2"],  # benchmarks/cifar10_cpu.py
+    # train.py's defaults are the long runs' recipe (cpu30/paper300.py); spelt out so a change of
+    # default does not silently change what this measures.
+    "paper": ["--batch_size", "512", "--lr", "0.1", "--mix_prob", "1.0", "--label_smoothing", "0.1",
+              "--val_size", "5000", "--seed", "0", "--verbose", "2"],
+}
+PEER_PRESET = "msdnet-cifar-anytime"
+PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
 def parse_variant(variant: str) -> dict:
@@ -77,7 +106,78 @@ def parse_variant(variant: str) -> dict:
             "threads": threads[0] if threads else None}
 
 
-def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int) -> dict:
+def conv_linear_macs_of(model) -> int:
+    """Forward MACs of one image in conv and Dense layers alone: the part of ``exit_macs`` a
+    PyTorch forward hook on ``nn.Conv2d``/``nn.Linear`` also counts (bias of Dense included)."""
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            k_h, k_w, c_in, multiplier = layer.kernel.shape
+            total += k_h * k_w * c_in * multiplier * layer.output.shape[1] * layer.output.shape[2]
+        elif isinstance(layer, keras.layers.Conv2D):
+            k_h, k_w, c_in, c_out = layer.kernel.shape
+            total += k_h * k_w * c_in * c_out * layer.output.shape[1] * layer.output.shape[2]
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1] + layer.kernel.shape[1]
+    return int(total)
+
+
+def op_time_table(logdir: str, steps: int, conv_macs_per_step: int, first_conv_macs_per_step: int) -> dict:
+    """Op time per TensorFlow op type from a ``tf.profiler`` trace of ``steps`` train steps.
+
+    Read by hand from the trace's XSpace (``*.xplane.pb``, TensorFlow's own protobuf) because the
+    only library that tabulates it, xprof/tensorboard-plugin-profile, is a web app and not
+    installed here. On CPU every executed op is an event ``scope/name:OpType`` on a
+    ``tf_Compute`` thread line; ops under ``gradient_tape/`` are the backward pass. Op times of
+    the inter-op threads add up, so the column sums to more than the wall clock.
+    """
+    import collections
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    if not files:
+        raise RuntimeError(f"the profiler wrote no trace under {logdir}")
+    space = xplane_pb2.XSpace()
+    with open(max(files, key=os.path.getmtime), "rb") as f:
+        space.ParseFromString(f.read())
+    picoseconds: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                scope, sep, op_type = name.rpartition(":")
+                if not sep or "::" in name or not scope:  # executor bookkeeping, not an op
+                    continue
+                key = ("backward" if "gradient_tape/" in scope else "forward", op_type)
+                picoseconds[key] += event.duration_ps
+                counts[key] += 1
+    total = sum(picoseconds.values())
+    # MACs each conv op type does per step: the forward convs; the input gradient skips the
+    # stem's first conv (nothing upstream needs it); the filter gradient does them all.
+    conv_macs = {"Conv2D": conv_macs_per_step, "FusedConv2D": conv_macs_per_step,
+                 "Conv2DBackpropFilter": conv_macs_per_step,
+                 "Conv2DBackpropInput": conv_macs_per_step - first_conv_macs_per_step}
+    rows = []
+    for (phase, op_type), ps in picoseconds.most_common():
+        ms = ps / 1e9 / steps
+        row = {"phase": phase, "op": op_type, "ms_per_step": round(ms, 2), "share": round(ps / total, 4),
+               "ops_per_step": counts[(phase, op_type)] // steps}
+        plain = op_type.replace("_MklNative", "").replace("_Mkl", "")
+        if plain in conv_macs and ms > 0:
+            row["gmacs_per_second"] = round(conv_macs[plain] / (ms / 1000) / 1e9, 1)
+        rows.append(row)
+    return {"op_ms_per_step": round(total / 1e9 / steps, 1), "ops": rows}
+
+
+def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int, num_classes: int = 10,
+            profile_steps: int = 0) -> dict:
     """Images/s of ``train.py``'s compiled train step on random data (this process)."""
     import keras
     import numpy as np
@@ -95,7 +195,7 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int)
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
-    model = build_model(preset)
+    model = build_model(preset, num_classes=num_classes)
     jit_compile = resolve_jit_compile(config.jit_compile)
     k = len(model.outputs)
     spe = settings["steps_per_execution"]
@@ -108,7 +208,7 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int)
         model.compile(optimizer=make_optimizer(config, 100), loss=[loss] * k, jit_compile=jit_compile,
                       steps_per_execution=spe)
     x = np.random.RandomState(0).randn(batch_size, 32, 32, 3).astype("float32")
-    y = tf.one_hot(np.random.RandomState(1).randint(0, 10, batch_size), 10).numpy()
+    y = tf.one_hot(np.random.RandomState(1).randint(0, num_classes, batch_size), num_classes).numpy()
     ds = tf.data.Dataset.from_tensors((x, tuple([y] * k))).repeat()
     times: list[float] = []
 
@@ -118,8 +218,68 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int)
 
     model.fit(ds, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[StepTimes()])
     seconds = times[-1] - times[warmup // spe - 1]  # the callback runs once per execution of spe steps
+    result = {"images_per_second": round(steps * batch_size / seconds, 1), "seconds": round(seconds, 3),
+              "precision": precision, "macs_per_image": exit_macs(model)[-1],
+              "conv_linear_macs_per_image": conv_linear_macs_of(model)}
+    if profile_steps:
+        first_conv = next(layer for layer in model._flatten_layers(include_self=False)
+                          if isinstance(layer, keras.layers.Conv2D))
+        k_h, k_w, c_in, c_out = first_conv.kernel.shape
+        first_macs = k_h * k_w * c_in * c_out * first_conv.output.shape[1] * first_conv.output.shape[2]
+        dense = sum(layer.kernel.shape[0] * layer.kernel.shape[1] + layer.kernel.shape[1]
+                    for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Dense))
+        logdir = tempfile.mkdtemp(prefix="train_profile-")
+        try:
+            tf.profiler.experimental.start(logdir)
+            start = time.perf_counter()
+            model.fit(ds, steps_per_epoch=profile_steps, epochs=1, verbose=0)
+            wall = time.perf_counter() - start
+            tf.profiler.experimental.stop()
+            table = op_time_table(logdir, profile_steps, (result["conv_linear_macs_per_image"] - dense) * batch_size,
+                                  first_macs * batch_size)
+        finally:
+            shutil.rmtree(logdir, ignore_errors=True)
+        result["profile"] = {"steps": profile_steps, "wall_ms_per_step": round(wall / profile_steps * 1000, 1),
+                             **table}
+    return result
+
+
+def measure_peer(precision: str, batch_size: int, warmup: int, steps: int, num_classes: int, threads: int) -> dict:
+    """Images/s of the PyTorch MSDNet's training step (this process): the authors' loop body."""
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from peers.msdnet_torch import MSDNetPeer, conv_linear_macs
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    model = MSDNetPeer(num_classes=num_classes)
+    macs = conv_linear_macs(model)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+    x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, num_classes, (batch_size,), generator=torch.Generator().manual_seed(1))
+    autocast = precision == "bfloat16"
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = sum(criterion(logits, y) for logits in model(x))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss)  # the step's value is on the host: nothing left in flight
+    seconds = time.perf_counter() - start
     return {"images_per_second": round(steps * batch_size / seconds, 1), "seconds": round(seconds, 3),
-            "precision": precision, "macs_per_image": exit_macs(model)[-1]}
+            "precision": precision, "threads": threads, "torch": torch.__version__,
+            "conv_linear_macs_per_image": macs}
 
 
 def _env() -> dict:
@@ -136,10 +296,11 @@ def _last_json(text: str) -> dict:
 BASELINE_DEFAULT_THREADS = "0x0"  # train.py's default before --inter_op_threads auto existed
 
 
-def run_child(tree: str, preset: str, variant: str | None) -> dict:
+def run_child(tree: str, preset: str, variant: str | None, profile: bool = False) -> dict:
     """One measurement in a fresh process (thread pools are fixed once TensorFlow starts).
 
     ``variant`` None: the baseline tree's own child, which knows no variants nor ``own``.
+    ``profile``: this tree's child also traces ``--profile_steps`` steps.
     """
     threads = FLAGS.threads
     if threads == "own" and variant is None:
@@ -150,8 +311,21 @@ def run_child(tree: str, preset: str, variant: str | None) -> dict:
            f"--presets={preset}", f"--threads={threads}", f"--batch_size={FLAGS.batch_size}",
            f"--steps={FLAGS.steps}", f"--warmup_steps={FLAGS.warmup_steps}"]
     if variant is not None:
-        cmd.append(f"--variant={variant}")
+        cmd += [f"--variant={variant}", f"--num_classes={FLAGS.num_classes}"]
+    if profile:
+        cmd.append(f"--profile_steps={FLAGS.profile_steps}")
     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, env=_env())
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return _last_json(done.stdout)
+
+
+def run_peer_child(precision: str) -> dict:
+    """The PyTorch peer in a fresh process, 2 intra-op threads (PyTorch's default on 2 cores)."""
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train_throughput.py"), "--child", "--peer_child",
+           f"--variant={precision}", f"--batch_size={FLAGS.batch_size}", f"--steps={FLAGS.steps}",
+           f"--warmup_steps={FLAGS.warmup_steps}", f"--num_classes={FLAGS.num_classes}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return _last_json(done.stdout)
@@ -168,15 +342,19 @@ def baseline_macs(tree: str, preset: str) -> int | None:
     return None if answer == "absent" else int(answer)
 
 
-def real_epochs(preset: str, epochs: int, work: str) -> dict:
-    """Trains ``epochs`` real epochs with train.py; the last epoch's timings from log.csv."""
+def real_epochs(preset: str, epochs: int, work: str, variant: str) -> dict:
+    """Trains ``epochs`` real epochs with train.py at ``variant``'s precision and threads (XLA
+    and metrics as train.py has them); the last epoch's timings from log.csv."""
     run = os.path.join(work, f"real-{preset}")
+    settings = parse_variant(variant)
     threads = []
-    if FLAGS.threads != "own":
-        inter, intra = FLAGS.threads.split("x")
+    chosen = settings["threads"] or (FLAGS.threads if FLAGS.threads != "own" else None)
+    if chosen:
+        inter, intra = chosen.split("x")
         threads = ["--inter_op_threads", inter, "--intra_op_threads", intra]
+    precision = [] if settings["precision"] == "auto" else ["--precision", settings["precision"]]
     cmd = [sys.executable, "train.py", "--preset", preset, "--dataset", os.path.abspath(FLAGS.data),
-           "--epochs", str(epochs), "--output", run, *threads, *REAL_RECIPE]
+           "--epochs", str(epochs), "--output", run, *threads, *precision, *RECIPES[FLAGS.recipe]]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
     if done.returncode:
@@ -185,6 +363,8 @@ def real_epochs(preset: str, epochs: int, work: str) -> dict:
     with open(os.path.join(run, "log.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     last = rows[-1]
+    recipe = RECIPES[FLAGS.recipe]
+    batch = int(recipe[recipe.index("--batch_size") + 1])
     return {
         "command": " ".join(cmd[1:]),
         "epochs": epochs,
@@ -192,8 +372,29 @@ def real_epochs(preset: str, epochs: int, work: str) -> dict:
         "per_epoch": [{k: float(r[k]) for k in ("epoch", "epoch_seconds", "train_seconds", "val_seconds",
                                                   "train_images_per_second")} for r in rows],
         "train_images_per_second": float(last["train_images_per_second"]),
-        "epoch_images_per_second": round(REAL_TRAIN_IMAGES // 128 * 128 / float(last["epoch_seconds"]), 1),
+        "epoch_images_per_second": round(REAL_TRAIN_IMAGES // batch * batch / float(last["epoch_seconds"]), 1),
     }
+
+
+def summarize_peer(rounds: list[dict]) -> list[dict]:
+    """Ours over the PyTorch peer, round by round (each pair measured one after the other)."""
+    table = []
+    for variant in FLAGS.variants:
+        pairs = [(r["current"][variant], r["peer"][variant]) for r in rounds if variant in r.get("peer", {})]
+        if not pairs:
+            continue
+        ours, peer = pairs[0]
+        ratios = [a["images_per_second"] / b["images_per_second"] for a, b in pairs]
+        table.append({
+            "preset": PEER_PRESET, "variant": variant, "peer_precision": peer["precision"],
+            "images_per_second": [a["images_per_second"] for a, _ in pairs],
+            "peer_images_per_second": [b["images_per_second"] for _, b in pairs],
+            "ratio_per_round": [round(r, 3) for r in ratios], "median_ratio": round(statistics.median(ratios), 3),
+            "conv_linear_macs_per_image": ours["conv_linear_macs_per_image"],
+            "peer_conv_linear_macs_per_image": peer["conv_linear_macs_per_image"],
+            "same_macs": ours["conv_linear_macs_per_image"] == peer["conv_linear_macs_per_image"],
+        })
+    return table
 
 
 def summarize(rounds: list[dict], presets: list[str], variants: list[str], baseline: bool) -> list[dict]:
@@ -224,6 +425,11 @@ def summarize(rounds: list[dict], presets: list[str], variants: list[str], basel
 
 
 def main(argv):
+    if FLAGS.child and FLAGS.peer_child:
+        result = measure_peer(FLAGS.variant, FLAGS.batch_size, FLAGS.warmup_steps, FLAGS.steps, FLAGS.num_classes,
+                              threads=min(2, os.cpu_count() or 1))
+        print(json.dumps({"preset": "msdnet-pytorch", "variant": FLAGS.variant, **result}))
+        return 0
     if FLAGS.child:
         import tensorflow as tf
 
@@ -235,12 +441,18 @@ def main(argv):
             inter, intra = (int(v) for v in FLAGS.threads.split("x"))
         tf.config.threading.set_inter_op_parallelism_threads(inter)
         tf.config.threading.set_intra_op_parallelism_threads(intra)
-        result = measure(FLAGS.presets[0], FLAGS.variant, FLAGS.batch_size, FLAGS.warmup_steps, FLAGS.steps)
+        result = measure(FLAGS.presets[0], FLAGS.variant, FLAGS.batch_size, FLAGS.warmup_steps, FLAGS.steps,
+                         FLAGS.num_classes, FLAGS.profile_steps)
         print(json.dumps({"preset": FLAGS.presets[0], "variant": FLAGS.variant, "threads": f"{inter}x{intra}",
                           **result}))
         return 0
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
 
+    recipe = RECIPES[FLAGS.recipe]
+    recipe_batch = int(recipe[recipe.index("--batch_size") + 1])
+    if FLAGS.real_epochs and FLAGS.batch_size != recipe_batch:
+        raise app.UsageError(f"--recipe {FLAGS.recipe} trains at batch {recipe_batch}: pass --batch_size "
+                             f"{recipe_batch} so the synthetic rate it is read against has the same batch")
     work = tempfile.mkdtemp(prefix="train_throughput-")
     baseline_tree = None
     try:
@@ -258,12 +470,24 @@ def main(argv):
                                          "macs_per_image": base_macs[preset]}
                 for variant in FLAGS.variants:
                     entry["current"][variant] = run_child(ROOT, preset, variant)
+                    # The peer once per precision: beside the first variant of that precision.
+                    peer_precision = PEER_PRECISIONS.get(parse_variant(variant)["precision"])
+                    if (FLAGS.peer and preset == PEER_PRESET and peer_precision
+                            and peer_precision not in [p["precision"] for p in entry.get("peer", {}).values()]):
+                        peer = run_peer_child(peer_precision)
+                        ours = entry["current"][variant]["conv_linear_macs_per_image"]
+                        if peer["conv_linear_macs_per_image"] != ours:  # not the same network: no comparison
+                            raise RuntimeError(f"the PyTorch MSDNet does {peer['conv_linear_macs_per_image']:,} conv "
+                                               f"and linear MACs per image, {PEER_PRESET} {ours:,}")
+                        entry.setdefault("peer", {})[variant] = peer
                 rounds.append(entry)
                 line = f"round {round_index}  {preset:22s}"
                 if "baseline" in entry:
                     line += f" baseline {entry['baseline']['images_per_second']:6.1f}"
                 for variant, r in entry["current"].items():
                     line += f"  {variant} {r['images_per_second']:6.1f}"
+                    if variant in entry.get("peer", {}):
+                        line += f" (PyTorch {entry['peer'][variant]['images_per_second']:6.1f})"
                 print(line + "  img/s", flush=True)
         result = {
             "command": "python " + " ".join(sys.argv),
@@ -271,19 +495,32 @@ def main(argv):
             "versions": library_versions(),
             "git_commit": git_commit(),
             "baseline_commit": FLAGS.baseline or None,
-            "settings": {"batch_size": FLAGS.batch_size, "warmup_steps": FLAGS.warmup_steps, "steps": FLAGS.steps,
+            "settings": {"batch_size": FLAGS.batch_size, "num_classes": FLAGS.num_classes, "recipe": FLAGS.recipe, "warmup_steps": FLAGS.warmup_steps, "steps": FLAGS.steps,
                          "threads": FLAGS.threads, "variants": FLAGS.variants,
                          "tf_enable_onednn_opts": os.environ["TF_ENABLE_ONEDNN_OPTS"]},
             "rounds": rounds,
             "summary": summarize(rounds, FLAGS.presets, FLAGS.variants, bool(baseline_tree)),
         }
+        if FLAGS.peer:
+            result["peer"] = summarize_peer(rounds)
+        if FLAGS.profile_steps:
+            result["profile"] = []
+            for preset in FLAGS.presets:
+                for variant in FLAGS.profile_variants or FLAGS.variants:
+                    measured = run_child(ROOT, preset, variant, profile=True)
+                    result["profile"].append({"preset": preset, "variant": variant,
+                                              "images_per_second": measured["images_per_second"],
+                                              **measured["profile"]})
+                    top = ", ".join(f"{r['phase'][0]}:{r['op']} {100 * r['share']:.0f}%" for r in measured["profile"]["ops"][:4])
+                    print(f"profile {preset:22s} {variant:16s} {measured['profile']['wall_ms_per_step']:7.1f} ms/step: {top}",
+                          flush=True)
         if FLAGS.real_epochs:
             result["real"] = {}
             for preset in FLAGS.presets:
                 # Synthetic right before and right after, so a drift of the shared machine
                 # during the real epochs shows as a gap between the two.
                 before = run_child(ROOT, preset, FLAGS.variants[0])["images_per_second"]
-                real = real_epochs(preset, FLAGS.real_epochs, work)
+                real = real_epochs(preset, FLAGS.real_epochs, work, FLAGS.variants[0])
                 after = run_child(ROOT, preset, FLAGS.variants[0])["images_per_second"]
                 synthetic = (before + after) / 2
                 real["synthetic_images_per_second"] = [before, after]
@@ -294,6 +531,10 @@ def main(argv):
                       f"{before:6.1f}/{after:6.1f} ({real['real_over_synthetic']:.2f}x); whole epoch with validation "
                       f"and checkpoints {real['per_epoch'][-1]['epoch_seconds']:.0f} s "
                       f"({real['epoch_over_synthetic']:.2f}x)", flush=True)
+        for entry in result.get("peer", []):
+            print(f"{PEER_PRESET:22s} {entry['variant']:16s} over PyTorch MSDNet ({entry['peer_precision']}): median "
+                  f"{entry['median_ratio']:.2f}x, rounds {entry['ratio_per_round']}; same conv+linear MACs: "
+                  f"{entry['same_macs']}")
         for entry in result["summary"]:
             if "median_speedup" in entry:
                 print(f"{entry['preset']:22s} {entry['variant']:16s} median {entry['median_images_per_second']:6.1f} "
