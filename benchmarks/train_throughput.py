@@ -12,7 +12,8 @@ both see the same machine at nearly the same moment. The baseline runs its own
 compiles exactly as ``train.py`` does (``compile_for_training``), once per
 ``--variants`` entry (a ``--precision`` value, ``+xla`` for ``--jit_compile on``,
 ``+nometrics`` without the per-exit accuracy metrics, ``+speN`` with Keras's
-``steps_per_execution=N``). Where the two commits build a
+``steps_per_execution=N``, ``+tINTERxINTRA`` its own thread pools, ``+bnbf16`` bfloat16
+BatchNorm inputs into the fused kernel without the float32 casts). Where the two commits build a
 preset's network differently, MACs trained per second (images/s x forward MACs per
 image) compare them at equal work; both are reported.
 
@@ -64,7 +65,8 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list("presets", ["msdnet-cifar-anytime", "fusionnet-cifar", "ranet-cifar"], "Presets.")
 flags.DEFINE_string("baseline", "9aaa325", "Commit to compare with ('' to skip).")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
-flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics, +speN, "
+flags.DEFINE_list("variants", ["auto"], "This tree's settings: a --precision value, +xla, +nometrics, +speN, +bnbf16 "
+                  "(bfloat16 BatchNorm inputs not cast to float32), "
                   "+tINTERxINTRA (its own thread pools, e.g. +t2x1; 0 is TensorFlow's choice).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("warmup_steps", 4, "Untimed steps first (tracing, allocation).")
@@ -103,6 +105,7 @@ def parse_variant(variant: str) -> dict:
     threads = [p[1:] for p in parts[1:] if p.startswith("t") and "x" in p]
     return {"precision": parts[0], "jit_compile": "on" if "xla" in parts[1:] else "off",
             "metrics": "nometrics" not in parts[1:], "steps_per_execution": spe[0] if spe else 1,
+            "bfloat16_batchnorm": "bnbf16" in parts[1:],
             "threads": threads[0] if threads else None}
 
 
@@ -190,6 +193,10 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int,
     from tf_fusionnet.training.trainer import compile_for_training, make_optimizer
 
     settings = parse_variant(variant)
+    if settings["bfloat16_batchnorm"]:  # +bnbf16: bfloat16 straight into the fused BatchNorm kernel
+        from tf_fusionnet.models.layers import BatchNormalization
+
+        BatchNormalization.bfloat16_in_float32 = False
     config = TrainConfig(preset=preset, batch_size=batch_size, epochs=10, precision=settings["precision"],
                          jit_compile=settings["jit_compile"])
     precision = resolve_precision(config.precision)

@@ -30,13 +30,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
       variance, as ``torch.nn.BatchNorm2d`` does (Keras uses the biased one);
     * under ``mixed_bfloat16`` the normalisation runs in float32 (as Keras's own
       layer does), because oneDNN's bfloat16 batch-norm kernels were 2.5x slower than its
-      float32 ones when this layer was written (not re-measured since: no bfloat16 CPU);
+      float32 ones when this layer was written (2-core AVX2 CPU). Re-measured on a CPU with
+      AMX and ``avx512_bf16`` (issue 49, train steps at batch 512): bfloat16 straight into the
+      kernel trained ``msdnet-cifar-anytime`` at 134-138 img/s against 195-204 with the casts,
+      ``fusionnet-cifar`` at 239-240 against 214-231, so the casts stay
+      (``bfloat16_in_float32``, a class-wide switch for that benchmark's ``+bnbf16``);
       float16 inputs (GPUs) go to the kernel as they are.
 
     The fused path covers 4-D inputs normalised over the last axis without a mask,
     renorm or synchronisation (everything this project builds); anything else falls
     back to the parent's ops.
     """
+
+    bfloat16_in_float32 = True
 
     def _fusable(self, inputs, training, mask) -> bool:
         return (
@@ -54,7 +60,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
-        x = tf.cast(inputs, tf.float32) if inputs.dtype == tf.bfloat16 else inputs
+        x = tf.cast(inputs, tf.float32) if inputs.dtype == tf.bfloat16 and self.bfloat16_in_float32 else inputs
         channels = x.shape[-1]
         gamma = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.convert_to_tensor(self.beta) if self.center else tf.zeros([channels], tf.float32)
