@@ -32,9 +32,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
       layer does), because oneDNN's bfloat16 batch-norm kernels were 2.5x slower than its
       float32 ones when this layer was written (2-core AVX2 CPU). Re-measured on a CPU with
       AMX and ``avx512_bf16`` (issue 49, train steps at batch 512): bfloat16 straight into the
-      kernel trained ``msdnet-cifar-anytime`` at 134-138 img/s against 195-204 with the casts,
-      ``fusionnet-cifar`` at 239-240 against 214-231, so the casts stay
-      (``bfloat16_in_float32``, a class-wide switch for that benchmark's ``+bnbf16``);
+      kernel trained ``msdnet-cifar-anytime`` at 136-139 img/s against 194-196 with the casts
+      (its 6- and 12-channel BatchNorms), ``fusionnet-cifar`` at 236-242 against 227-239, so
+      the casts stay (``bfloat16_in_float32``: a class-wide switch, for that benchmark's
+      ``+bnbf16``; ``benchmarks/results/train_throughput_bnbf16.json``);
       float16 inputs (GPUs) go to the kernel as they are.
 
     The fused path covers 4-D inputs normalised over the last axis without a mask,
