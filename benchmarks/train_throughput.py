@@ -99,6 +99,11 @@ PEER_PRESET = "msdnet-cifar-anytime"
 PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
+def recipe_batch_size(recipe: str) -> int:
+    arguments = RECIPES[recipe]
+    return int(arguments[arguments.index("--batch_size") + 1])
+
+
 def parse_variant(variant: str) -> dict:
     parts = variant.split("+")
     spe = [int(p[3:]) for p in parts[1:] if p.startswith("spe") and p[3:].isdigit()]
@@ -109,22 +114,23 @@ def parse_variant(variant: str) -> dict:
             "threads": threads[0] if threads else None}
 
 
+def layer_conv_linear_macs(layer) -> int:
+    """Forward MACs of one image in a conv (no bias) or Dense (bias included) layer; 0 for others."""
+    import keras
+
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+        # Conv2D kernel (k, k, C_in, C_out); depthwise (k, k, C_in, multiplier): the same product.
+        k_h, k_w, c_in, c_out = layer.kernel.shape
+        return int(k_h * k_w * c_in * c_out * layer.output.shape[1] * layer.output.shape[2])
+    if isinstance(layer, keras.layers.Dense):
+        return int(layer.kernel.shape[0] * layer.kernel.shape[1] + layer.kernel.shape[1])
+    return 0
+
+
 def conv_linear_macs_of(model) -> int:
     """Forward MACs of one image in conv and Dense layers alone: the part of ``exit_macs`` a
     PyTorch forward hook on ``nn.Conv2d``/``nn.Linear`` also counts (bias of Dense included)."""
-    import keras
-
-    total = 0
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            k_h, k_w, c_in, multiplier = layer.kernel.shape
-            total += k_h * k_w * c_in * multiplier * layer.output.shape[1] * layer.output.shape[2]
-        elif isinstance(layer, keras.layers.Conv2D):
-            k_h, k_w, c_in, c_out = layer.kernel.shape
-            total += k_h * k_w * c_in * c_out * layer.output.shape[1] * layer.output.shape[2]
-        elif isinstance(layer, keras.layers.Dense):
-            total += layer.kernel.shape[0] * layer.kernel.shape[1] + layer.kernel.shape[1]
-    return int(total)
+    return sum(layer_conv_linear_macs(layer) for layer in model._flatten_layers(include_self=False))
 
 
 def op_time_table(logdir: str, steps: int, conv_macs_per_step: int, first_conv_macs_per_step: int) -> dict:
@@ -229,12 +235,9 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int,
               "precision": precision, "macs_per_image": exit_macs(model)[-1],
               "conv_linear_macs_per_image": conv_linear_macs_of(model)}
     if profile_steps:
-        first_conv = next(layer for layer in model._flatten_layers(include_self=False)
-                          if isinstance(layer, keras.layers.Conv2D))
-        k_h, k_w, c_in, c_out = first_conv.kernel.shape
-        first_macs = k_h * k_w * c_in * c_out * first_conv.output.shape[1] * first_conv.output.shape[2]
-        dense = sum(layer.kernel.shape[0] * layer.kernel.shape[1] + layer.kernel.shape[1]
-                    for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Dense))
+        layers = list(model._flatten_layers(include_self=False))
+        first_macs = layer_conv_linear_macs(next(layer for layer in layers if isinstance(layer, keras.layers.Conv2D)))
+        dense = sum(layer_conv_linear_macs(layer) for layer in layers if isinstance(layer, keras.layers.Dense))
         logdir = tempfile.mkdtemp(prefix="train_profile-")
         try:
             tf.profiler.experimental.start(logdir)
@@ -370,8 +373,7 @@ def real_epochs(preset: str, epochs: int, work: str, variant: str) -> dict:
     with open(os.path.join(run, "log.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     last = rows[-1]
-    recipe = RECIPES[FLAGS.recipe]
-    batch = int(recipe[recipe.index("--batch_size") + 1])
+    batch = recipe_batch_size(FLAGS.recipe)
     return {
         "command": " ".join(cmd[1:]),
         "epochs": epochs,
@@ -455,8 +457,7 @@ def main(argv):
         return 0
     from tf_fusionnet.utils import atomic_write_json, git_commit, library_versions, machine_info
 
-    recipe = RECIPES[FLAGS.recipe]
-    recipe_batch = int(recipe[recipe.index("--batch_size") + 1])
+    recipe_batch = recipe_batch_size(FLAGS.recipe)
     if FLAGS.real_epochs and FLAGS.batch_size != recipe_batch:
         raise app.UsageError(f"--recipe {FLAGS.recipe} trains at batch {recipe_batch}: pass --batch_size "
                              f"{recipe_batch} so the synthetic rate it is read against has the same batch")
