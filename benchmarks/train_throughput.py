@@ -114,23 +114,17 @@ def parse_variant(variant: str) -> dict:
             "threads": threads[0] if threads else None}
 
 
-def layer_conv_linear_macs(layer) -> int:
-    """Forward MACs of one image in a conv (no bias) or Dense (bias included) layer; 0 for others."""
+def conv_linear_macs_of(model, kinds: tuple = ()) -> int:
+    """Forward MACs of one image in the model's conv and Dense layers alone (``node_macs``, the
+    counter's own rules): the part of ``exit_macs`` a PyTorch forward hook on
+    ``nn.Conv2d``/``nn.Linear`` also counts. ``kinds`` narrows it to some layer types."""
     import keras
 
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-        # Conv2D kernel (k, k, C_in, C_out); depthwise (k, k, C_in, multiplier): the same product.
-        k_h, k_w, c_in, c_out = layer.kernel.shape
-        return int(k_h * k_w * c_in * c_out * layer.output.shape[1] * layer.output.shape[2])
-    if isinstance(layer, keras.layers.Dense):
-        return int(layer.kernel.shape[0] * layer.kernel.shape[1] + layer.kernel.shape[1])
-    return 0
+    from tf_fusionnet.models.macs import node_macs
 
-
-def conv_linear_macs_of(model) -> int:
-    """Forward MACs of one image in conv and Dense layers alone: the part of ``exit_macs`` a
-    PyTorch forward hook on ``nn.Conv2d``/``nn.Linear`` also counts (bias of Dense included)."""
-    return sum(layer_conv_linear_macs(layer) for layer in model._flatten_layers(include_self=False))
+    kinds = kinds or (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    return sum(node_macs(node) for layer in model._flatten_layers(include_self=False)
+               if isinstance(layer, kinds) for node in layer._inbound_nodes)
 
 
 def op_time_table(logdir: str, steps: int, conv_macs_per_step: int, first_conv_macs_per_step: int) -> dict:
@@ -193,7 +187,7 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int,
     import numpy as np
     import tensorflow as tf
 
-    from tf_fusionnet.models.macs import exit_macs
+    from tf_fusionnet.models.macs import exit_macs, node_macs
     from tf_fusionnet.presets import build_model
     from tf_fusionnet.training.config import TrainConfig
     from tf_fusionnet.training.precision import resolve_jit_compile, resolve_precision
@@ -236,9 +230,10 @@ def measure(preset: str, variant: str, batch_size: int, warmup: int, steps: int,
               "precision": precision, "macs_per_image": exit_macs(model)[-1],
               "conv_linear_macs_per_image": conv_linear_macs_of(model)}
     if profile_steps:
-        layers = list(model._flatten_layers(include_self=False))
-        first_macs = layer_conv_linear_macs(next(layer for layer in layers if isinstance(layer, keras.layers.Conv2D)))
-        dense = sum(layer_conv_linear_macs(layer) for layer in layers if isinstance(layer, keras.layers.Dense))
+        first_conv = next(layer for layer in model._flatten_layers(include_self=False)
+                          if isinstance(layer, keras.layers.Conv2D))
+        first_macs = node_macs(first_conv._inbound_nodes[0])
+        dense = conv_linear_macs_of(model, (keras.layers.Dense,))
         logdir = tempfile.mkdtemp(prefix="train_profile-")
         try:
             tf.profiler.experimental.start(logdir)
@@ -259,8 +254,7 @@ def measure_peer(precision: str, batch_size: int, warmup: int, steps: int, num_c
     """Images/s of the PyTorch MSDNet's training step (this process): the authors' loop body."""
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from peers.msdnet_torch import MSDNetPeer, conv_linear_macs
+    from peers.msdnet_torch import MSDNetPeer, conv_linear_macs  # benchmarks/ is the script's sys.path[0]
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
